@@ -1,0 +1,68 @@
+"""comfy-notebook: run ComfyUI workflows from Jupyter on a pool of servers without losing a result.
+
+    import comfy_notebook as cn
+    cn.set_servers(["http://127.0.0.1:8188", "http://127.0.0.1:8189"])
+    result = cn.run(workflow)          # or: task = cn.submit(workflow); task.result()
+    result.images, cn.get_status(), cn.reset()
+
+In IPython/Jupyter: ``%load_ext comfy_notebook``, then ``%comfy`` and ``%%comfy``.
+"""
+
+from comfy_notebook.api import get_engine, get_status, lock, reset, run, set_servers, shutdown, submit
+from comfy_notebook.core.errors import (
+    Cancelled,
+    ComfyError,
+    ExecutionError,
+    PromptInterrupted,
+    PromptLost,
+    ProtocolError,
+    ServerUnavailable,
+    ValidationError,
+    WorkflowError,
+)
+from comfy_notebook.core.servers import ServerSpec
+from comfy_notebook.core.workflow import load_workflow
+from comfy_notebook.engine.engine import Engine, EngineOptions
+from comfy_notebook.engine.task import Result, Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cancelled",
+    "ComfyError",
+    "Engine",
+    "EngineOptions",
+    "ExecutionError",
+    "PromptInterrupted",
+    "PromptLost",
+    "ProtocolError",
+    "Result",
+    "ServerSpec",
+    "ServerUnavailable",
+    "Task",
+    "ValidationError",
+    "WorkflowError",
+    "get_engine",
+    "get_status",
+    "load_workflow",
+    "lock",
+    "reset",
+    "run",
+    "set_servers",
+    "shutdown",
+    "submit",
+]
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext comfy_notebook``."""
+    from comfy_notebook.notebook.extension import load  # noqa: PLC0415 - keep IPython out of plain imports
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: object) -> None:
+    """``%unload_ext comfy_notebook``: removes the magics, closes widgets, stops the engine thread."""
+    from comfy_notebook.notebook.extension import unload  # noqa: PLC0415
+
+    unload(ipython)

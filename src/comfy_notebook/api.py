@@ -1,0 +1,82 @@
+"""The kernel-global engine behind ``comfy_notebook.set_servers/submit/run/get_status/reset``.
+
+One engine per process (per kernel): every cell, the magics and the status panel share its lock and pool.
+It starts lazily on first use, reading ``COMFY_SERVERS`` (URLs separated by commas or spaces) when no servers
+were set explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from comfy_notebook.core.workflow import Workflow
+from comfy_notebook.engine.engine import Engine, EngineOptions, ServerLike
+from comfy_notebook.engine.task import Result, Task
+
+
+class _Shared:
+    """The process-wide engine slot, guarded so two threads never start two engines."""
+
+    engine: Engine | None = None
+    guard = threading.Lock()
+
+
+ENV_SERVERS = "COMFY_SERVERS"
+
+
+def servers_from_env() -> list[str]:
+    return [url for url in re.split(r"[,\s]+", os.environ.get(ENV_SERVERS, "")) if url]
+
+
+def get_engine(options: EngineOptions | None = None) -> Engine:
+    """The shared engine, started on first use."""
+    with _Shared.guard:
+        if _Shared.engine is None or _Shared.engine.closed:
+            _Shared.engine = Engine(servers_from_env(), options)
+        return _Shared.engine
+
+
+def set_servers(servers: Iterable[ServerLike]) -> list[str]:
+    """Set the pool: URLs (``http://user:pass@host:port/prefix``) or ``{"url": ..., "token": ..., "headers": ...}``.
+    Returns the servers' public URLs (credentials removed)."""
+    if isinstance(servers, str):
+        servers = [servers]
+    return get_engine().set_servers(servers)
+
+
+def submit(workflow: Workflow | str | Path, *, server: ServerLike | None = None) -> Task:
+    """Queue a workflow and return its ``Task`` at once."""
+    return get_engine().submit(workflow, server=server)
+
+
+def run(workflow: Workflow | str | Path, *, server: ServerLike | None = None, timeout: float | None = None) -> Result:
+    """Submit and wait: the ``Result``, or the prompt's error."""
+    return get_engine().run(workflow, server=server, timeout=timeout)
+
+
+def get_status() -> dict[str, Any]:
+    """The lock and pool status (JSON-serialisable, never credentials)."""
+    return get_engine().get_status()
+
+
+def reset() -> dict[str, Any]:
+    """The manual reset: clear the lock, close sockets (1000), cancel pending tasks. Returns the new status."""
+    return get_engine().reset()
+
+
+def lock(server: ServerLike) -> str:
+    """Pin the lock to one server of the pool by hand."""
+    return get_engine().pin(server)
+
+
+def shutdown() -> None:
+    """Stop the shared engine and its thread (the next call starts a fresh one)."""
+    with _Shared.guard:
+        engine, _Shared.engine = _Shared.engine, None
+    if engine is not None:
+        engine.close()

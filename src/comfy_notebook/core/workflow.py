@@ -1,0 +1,147 @@
+"""Workflows: API-format graphs from a dict, JSON text or a file; UI-format files refused helpfully;
+notebook variables substituted by name lookup (never evaluation).
+
+Substitution syntax: a JSON *string value* that is exactly ``"$name"`` is replaced by the variable ``name``
+(any JSON value: ``"seed": "$seed"`` becomes ``"seed": 42``). A ``$`` anywhere else is left alone, so prompts
+like ``"a $5 bill"`` are safe; ``"$$name"`` is the escape for a literal ``"$name"``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from comfy_notebook.core.errors import WorkflowError
+
+Workflow = dict[str, Any]
+
+_VARIABLE = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
+
+UI_FORMAT_HELP = (
+    "this is a UI-format workflow (it has 'nodes' and 'links'), but the server API needs the API format. "
+    "In ComfyUI, use Workflow > Export (API) (older versions: enable 'Dev mode' in the settings, then "
+    "'Save (API Format)') and load that file instead."
+)
+
+
+def load_workflow(source: Workflow | str | Path) -> Workflow:
+    """An API-format workflow from a dict, JSON text or a path; a deep copy, validated."""
+    if isinstance(source, Path):
+        return _from_file(source)
+    if isinstance(source, str):
+        text = source.strip()
+        if text and text[0] not in "{[" and len(text) < 4096 and "\n" not in text:
+            path = Path(text).expanduser()
+            if path.suffix.lower() == ".json" or path.is_file():
+                return _from_file(path)
+        return parse_workflow(source)
+    if isinstance(source, Mapping):
+        return validate(copy.deepcopy(dict(source)))
+    raise WorkflowError(f"a workflow must be a dict, JSON text or a path, not {type(source).__name__}")
+
+
+def _from_file(path: Path) -> Workflow:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise WorkflowError(f"cannot read workflow file {str(path)!r}: {exc.strerror or exc}") from None
+    return parse_workflow(text, origin=str(path))
+
+
+def parse_workflow(text: str, *, origin: str = "workflow") -> Workflow:
+    """Parse JSON text; a syntax error names the line and column."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        line = exc.doc.splitlines()[exc.lineno - 1] if exc.doc.splitlines()[exc.lineno - 1 : exc.lineno] else ""
+        pointer = f"\n    {line.strip()[:120]}" if line.strip() else ""
+        raise WorkflowError(
+            f"{origin} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}{pointer}",
+            line=exc.lineno,
+            column=exc.colno,
+        ) from None
+    return validate(data)
+
+
+def is_ui_format(data: Any) -> bool:
+    """UI-format (front-end) workflows have top-level ``nodes`` and ``links`` lists."""
+    return isinstance(data, dict) and isinstance(data.get("nodes"), list) and "links" in data
+
+
+def validate(data: Any) -> Workflow:
+    """Check the API-format shape ``{node_id: {"class_type": str, "inputs": {...}}}``."""
+    if is_ui_format(data):
+        raise WorkflowError(UI_FORMAT_HELP)
+    if isinstance(data, dict) and isinstance(data.get("prompt"), dict) and "class_type" not in data:
+        data = data["prompt"]  # a saved /prompt request body: its graph is what we need
+    if not isinstance(data, dict) or not data:
+        raise WorkflowError('a workflow must be a non-empty JSON object of nodes: {"1": {"class_type": ...}}')
+    graph: Workflow = {}
+    for node_id, node in data.items():
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+            raise WorkflowError(f"node {node_id!r} has no 'class_type': this does not look like an API-format workflow")
+        inputs = node.get("inputs", {})
+        if not isinstance(inputs, dict):
+            raise WorkflowError(f"node {node_id!r} ({node['class_type']}): 'inputs' must be an object")
+        graph[str(node_id)] = {**node, "inputs": inputs}
+    return graph
+
+
+def variables(workflow: Workflow) -> set[str]:
+    """The names a workflow refers to with ``"$name"``."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            match = _VARIABLE.match(value)
+            if match:
+                found.add(match.group(1))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(workflow)
+    return found
+
+
+def substitute(workflow: Workflow, namespace: Mapping[str, Any]) -> Workflow:
+    """Replace every ``"$name"`` string value by ``namespace[name]`` (a lookup, never ``eval``)."""
+    missing = sorted(name for name in variables(workflow) if name not in namespace)
+    if missing:
+        names = ", ".join(f"${name}" for name in missing)
+        raise WorkflowError(f"the workflow refers to {names}, but no such variable is defined")
+
+    def replace(value: Any) -> Any:
+        if isinstance(value, str):
+            match = _VARIABLE.match(value)
+            if match:
+                return _json_value(match.group(1), namespace[match.group(1)])
+            if value.startswith("$$"):
+                return value[1:]
+            return value
+        if isinstance(value, dict):
+            return {key: replace(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [replace(item) for item in value]
+        return value
+
+    result: Workflow = replace(workflow)
+    return result
+
+
+def _json_value(name: str, value: Any) -> Any:
+    """Only JSON-representable values may enter a workflow; anything else is a clear error."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        raise WorkflowError(
+            f"${name} is a {type(value).__name__}, which cannot be sent to ComfyUI (use a number, string, "
+            "bool, list or dict)"
+        ) from None

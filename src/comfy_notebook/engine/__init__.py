@@ -1,0 +1,1 @@
+"""The I/O engine: one daemon thread owning one asyncio loop, the HTTP client and every WebSocket."""

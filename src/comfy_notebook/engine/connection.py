@@ -1,0 +1,174 @@
+"""The WebSocket to one server, and the prompts in flight there.
+
+One ``ServerConnection`` per server the engine has talked to. It keeps one client id for its lifetime, so that a
+reconnect keeps receiving the events of prompts submitted earlier; the old socket is always closed completely before
+a new one opens (ComfyUI's duplicate-clientId bug deregisters the new socket otherwise). The reader hands every
+frame to the engine at once and never waits on a consumer: one slow reader stalls every client of a ComfyUI server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.protocol import State
+
+from comfy_notebook.core.errors import ServerUnavailable, describe
+from comfy_notebook.core.lock import ConnectionState
+from comfy_notebook.core.protocol import Event, HistoryEntry, new_id, parse_binary, parse_text
+from comfy_notebook.core.servers import ServerSpec
+
+if TYPE_CHECKING:
+    from comfy_notebook.engine.task import Task
+
+log = logging.getLogger(__name__)
+
+_STATES = {
+    State.CONNECTING: ConnectionState.CONNECTING,
+    State.OPEN: ConnectionState.OPEN,
+    State.CLOSING: ConnectionState.CLOSING,
+    State.CLOSED: ConnectionState.CLOSED,
+}
+
+
+@dataclass(frozen=True)
+class SocketOptions:
+    """WebSocket settings. The server never pings, so only our pings notice a hung server; a short close timeout
+    keeps dead-peer detection fast; the frame limit is far above a full-size image (8 MB seen)."""
+
+    ping_interval: float = 2.0
+    ping_timeout: float = 3.0
+    close_timeout: float = 1.0
+    open_timeout: float = 5.0
+    max_size: int = 64 * 1024 * 1024
+
+
+@dataclass(eq=False)
+class Flight:
+    """A prompt of ours on this server, from before its POST until its result is collected."""
+
+    task: Task
+    done: asyncio.Future[HistoryEntry | None]
+    posted: bool = False
+    last_heard: float = field(default_factory=time.monotonic)
+    driver: asyncio.Task[None] | None = None
+
+
+class ServerConnection:
+    """One server's socket, reader and in-flight prompts."""
+
+    def __init__(
+        self,
+        spec: ServerSpec,
+        options: SocketOptions,
+        on_event: Callable[[ServerConnection, Event], None],
+        on_state: Callable[[ServerConnection, str, int | None], None],
+    ) -> None:
+        self.spec = spec
+        self.server = spec.url
+        self.client_id = new_id()
+        self.flights: dict[str, Flight] = {}
+        self.running: str | None = None  # the prompt executing now, for previews that carry no prompt id
+        self._options = options
+        self._on_event = on_event
+        self._on_state = on_state
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._open_lock = asyncio.Lock()
+        self.recovering = False
+
+    @property
+    def state(self) -> ConnectionState:
+        return ConnectionState.CLOSED if self._ws is None else _STATES[self._ws.state]
+
+    @property
+    def is_open(self) -> bool:
+        return self._ws is not None and self._ws.state is State.OPEN
+
+    def redact(self, text: str) -> str:
+        """Server text or an exception message with any of this server's secrets blanked out."""
+        for value in self.spec.headers.values():
+            for secret in {value, value.split(" ", 1)[-1]}:
+                if len(secret) >= 4:
+                    text = text.replace(secret, "***")
+        return text
+
+    async def ensure_open(self) -> None:
+        """Open the socket if it is not open; raise ``ServerUnavailable`` naming the server if that fails."""
+        async with self._open_lock:
+            if self.is_open:
+                return
+            await self._close_current(1000)
+            self._on_state(self, "connecting", None)
+            opts = self._options
+            try:
+                ws = await connect(
+                    self.spec.ws_url(self.client_id),
+                    additional_headers=dict(self.spec.headers),
+                    ping_interval=opts.ping_interval,
+                    ping_timeout=opts.ping_timeout,
+                    close_timeout=opts.close_timeout,
+                    open_timeout=opts.open_timeout,
+                    max_size=opts.max_size,
+                    max_queue=None,  # the reader drains promptly; never apply backpressure to the server
+                )
+            except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                self._on_state(self, "error", None)
+                reason = self.redact(describe(exc) or type(exc).__name__)
+                raise ServerUnavailable(
+                    f"cannot open a WebSocket to {self.server}: {reason}", server=self.server
+                ) from None
+            self._ws = ws
+            self._reader = asyncio.create_task(self._read(ws), name=f"comfy-reader {self.server}")
+            self._on_state(self, "open", None)
+
+    async def _read(self, ws: ClientConnection) -> None:
+        code: int | None = None
+        try:
+            async for message in ws:
+                event = parse_text(message) if isinstance(message, str) else parse_binary(message)
+                if event is None:
+                    log.debug("ignored a frame from %s", self.server)
+                    continue
+                try:
+                    self._on_event(self, event)
+                except Exception:  # a bug in event handling must not kill the socket
+                    log.exception("error while handling an event from %s", self.server)
+            code = ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None
+        except websockets.ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else None
+        except Exception as exc:  # pragma: no cover - defensive: any read error is a socket error
+            log.warning("WebSocket to %s failed: %s", self.server, self.redact(describe(exc)))
+        finally:
+            if ws is self._ws:
+                self._ws = None
+                self.running = None
+                self._on_state(self, "closed", code)
+
+    async def _close_current(self, code: int) -> None:
+        ws, reader = self._ws, self._reader
+        if ws is None:
+            return
+        self._on_state(self, "closing", None)
+        with contextlib.suppress(Exception):
+            await ws.close(code)
+        if reader is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(reader), self._options.close_timeout + 1)
+
+    async def close(self, code: int = 1000) -> None:
+        """Close the socket completely (the reader has reported the close when this returns)."""
+        async with self._open_lock:
+            await self._close_current(code)
+
+    def abort(self) -> None:
+        """Drop the socket without a handshake (engine shutdown)."""
+        if self._ws is not None:
+            self._ws.transport.abort()

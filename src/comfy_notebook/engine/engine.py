@@ -1,0 +1,689 @@
+"""The engine: routes prompts (lock, pool, per-prompt affinity), drives each one to its result, and recovers from
+lost sockets by asking the prompt's own server what happened.
+
+Everything here runs on the loop thread owned by ``LoopThread``; the public methods at the bottom are the only
+entry points from other threads and they return quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from comfy_notebook.core import protocol as wire
+from comfy_notebook.core.errors import (
+    Cancelled,
+    ComfyError,
+    PromptInterrupted,
+    PromptLost,
+    ProtocolError,
+    ServerUnavailable,
+    ValidationError,
+    describe,
+)
+from comfy_notebook.core.lock import ServerLock
+from comfy_notebook.core.pool import Pool
+from comfy_notebook.core.servers import ServerSpec
+from comfy_notebook.core.workflow import Workflow, load_workflow
+from comfy_notebook.engine.connection import Flight, ServerConnection, SocketOptions
+from comfy_notebook.engine.loop import LoopThread
+from comfy_notebook.engine.task import (
+    QUEUED,
+    RUNNING,
+    ImageFile,
+    Progress,
+    Result,
+    Task,
+)
+
+log = logging.getLogger(__name__)
+
+ServerLike = str | ServerSpec | Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Timeouts and limits. Keep timeouts well above ComfyUI's 0.3-1.2 s GC stalls."""
+
+    socket: SocketOptions = field(default_factory=SocketOptions)
+    http_timeout: float = 30.0
+    connect_timeout: float = 5.0
+    verify_tls: bool = True
+    #: After a lost socket, how long to keep trying to reach the server before its prompts are declared lost.
+    reconnect_window: float = 6.0
+    #: A posted prompt with no event for this long is checked through ``/queue`` and ``/history``.
+    silence_check: float = 10.0
+    #: How often queue positions of waiting prompts are refreshed (only for short queues of ours).
+    queue_poll: float = 2.0
+    queue_poll_max: int = 32
+    max_history_bytes: int = 64 * 1024 * 1024
+    max_image_bytes: int = 256 * 1024 * 1024
+    reset_timeout: float = 1.5
+
+
+def to_spec(server: ServerLike) -> ServerSpec:
+    if isinstance(server, ServerSpec):
+        return server
+    if isinstance(server, str):
+        return ServerSpec.parse(server)
+    if isinstance(server, Mapping) and isinstance(server.get("url"), str):
+        return ServerSpec.parse(server["url"], token=server.get("token"), headers=server.get("headers"))
+    raise ServerUnavailable(
+        f"a server must be a URL string or {{'url': ..., 'token': ...}}, not {type(server).__name__}"
+    )
+
+
+class Engine:
+    """Owns the loop thread, the HTTP client, the lock, the pool and every connection."""
+
+    def __init__(self, servers: Iterable[ServerLike] = (), options: EngineOptions | None = None) -> None:
+        self.options = options or EngineOptions()
+        self.lock = ServerLock()
+        self.pool = Pool()
+        self._connections: dict[str, ServerConnection] = {}
+        self._drivers: set[asyncio.Task[None]] = set()
+        self._thread = LoopThread()
+        self._http: httpx.AsyncClient = self._thread.run(self._make_client())
+        self._monitor = self._thread.submit(self._monitor_loop())
+        self.set_servers(servers)
+
+    async def _make_client(self) -> httpx.AsyncClient:
+        o = self.options
+        timeout = httpx.Timeout(o.http_timeout, connect=o.connect_timeout)
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+        return httpx.AsyncClient(timeout=timeout, limits=limits, verify=o.verify_tls, follow_redirects=False)
+
+    # =================================================================================================================
+    # public, thread-safe API
+    # =================================================================================================================
+    def set_servers(self, servers: Iterable[ServerLike]) -> list[str]:
+        specs = [to_spec(s) for s in servers]
+        return self._thread.run(self._set_servers(specs))
+
+    def submit(self, workflow: Workflow | str | Path, *, server: ServerLike | None = None) -> Task:
+        """Queue a workflow; returns at once with the task (its server already chosen)."""
+        graph = load_workflow(workflow)
+        spec = to_spec(server) if server is not None else None
+        task = Task(wire.new_id(), graph, self._cancel_from_thread)
+        self._thread.run(self._admit(task, spec))
+        return task
+
+    def run(
+        self,
+        workflow: Workflow | str | Path,
+        *,
+        server: ServerLike | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        return self.submit(workflow, server=server).result(timeout)
+
+    def get_status(self) -> dict[str, Any]:
+        if self._thread.in_loop_thread():
+            return self.status_now()
+        return self._thread.run(self._status(), timeout=5)
+
+    def reset(self) -> dict[str, Any]:
+        """Clear the lock, close sockets with 1000, cancel every pending task (best effort on the servers)."""
+        return self._thread.run(self._reset(), timeout=self.options.reset_timeout + 3)
+
+    def pin(self, server: ServerLike) -> str:
+        """Lock to ``server`` by hand (it must be in the pool)."""
+        return self._thread.run(self._pin(to_spec(server)))
+
+    def every(self, interval: float, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call ``fn`` on the loop thread every ``interval`` seconds until the returned function is called.
+
+        For UI refreshers (the status panel, progress widgets): they keep running while a cell blocks. ``fn`` must
+        be quick and must not block; exceptions are logged, never raised into the loop.
+        """
+
+        async def tick() -> None:
+            while True:
+                try:
+                    fn()
+                except Exception:
+                    log.exception("a periodic callback failed")
+                await asyncio.sleep(interval)
+
+        future = self._thread.submit(tick())
+        return lambda: self._thread.loop.call_soon_threadsafe(future.cancel) if self._thread.alive else None
+
+    def close(self) -> None:
+        """Stop the loop thread; pending tasks end with ``Cancelled``. The engine cannot be used afterwards."""
+        if not self._thread.alive:
+            return
+        with contextlib.suppress(Exception):
+            self._thread.run(self._shutdown(), timeout=5)
+        self._thread.stop()
+
+    @property
+    def closed(self) -> bool:
+        return not self._thread.alive
+
+    @property
+    def thread(self) -> LoopThread:
+        return self._thread
+
+    # =================================================================================================================
+    # routing and the life of one prompt (loop thread)
+    # =================================================================================================================
+    async def _set_servers(self, specs: list[ServerSpec]) -> list[str]:
+        self.pool.set_servers(specs)
+        for spec in specs:  # refresh credentials of live connections
+            conn = self._connections.get(spec.url)
+            if conn is not None:
+                conn.spec = spec
+        locked = self.lock.route()
+        if locked is not None and locked not in self.pool.records:
+            self.lock.reset()
+            conn = self._connections.get(locked)
+            if conn is not None and not conn.flights:
+                await conn.close(1000)
+        return [s.url for s in specs]
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A background task with a strong reference (the loop keeps only weak ones)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._drivers.add(task)
+        task.add_done_callback(self._drivers.discard)
+        return task
+
+    def _connection(self, spec: ServerSpec) -> ServerConnection:
+        conn = self._connections.get(spec.url)
+        if conn is None:
+            conn = ServerConnection(spec, self.options.socket, self._on_event, self._on_socket)
+            self._connections[spec.url] = conn
+        return conn
+
+    def _route(self, exclude: set[str]) -> ServerSpec:
+        """The server for new work: the locked one, else the pool's least-loaded choice (the lock candidate)."""
+        locked = self.lock.route()
+        if locked is not None and locked not in exclude:
+            if locked in self.pool.records:
+                return self.pool.records[locked].spec
+            self.lock.reset()
+        spec = self.pool.choose(exclude).spec
+        self.lock.connecting(spec.url, chosen=True)
+        return spec
+
+    async def _admit(self, task: Task, explicit: ServerSpec | None) -> None:
+        if explicit is not None:
+            record = self.pool.records.get(explicit.url)
+            spec = record.spec if record is not None and not explicit.headers else explicit
+        else:
+            spec = self._route(set())
+        self._attach(task, spec)
+        conn = self._connections[spec.url]
+        flight = conn.flights[task.prompt_id]
+        flight.driver = self._spawn(self._drive(flight, conn, explicit is not None))
+
+    def _attach(self, task: Task, spec: ServerSpec) -> Flight:
+        """Record prompt -> server affinity before anything is sent."""
+        conn = self._connection(spec)
+        flight = Flight(task, asyncio.get_running_loop().create_future())
+        conn.flights[task.prompt_id] = flight
+        task._update(server=spec.url)
+        if spec.url in self.pool.records:
+            self.pool.records[spec.url].in_flight += 1
+        return flight
+
+    def _detach(self, flight: Flight, conn: ServerConnection) -> None:
+        if conn.flights.pop(flight.task.prompt_id, None) is not None and conn.server in self.pool.records:
+            record = self.pool.records[conn.server]
+            record.in_flight = max(0, record.in_flight - 1)
+        if not flight.done.done():
+            flight.done.cancel()
+
+    async def _drive(self, flight: Flight, conn: ServerConnection, explicit: bool) -> None:
+        task = flight.task
+        try:
+            conn, flight = await self._open_for(flight, conn, explicit)
+            await self._post(flight, conn)
+            entry = await flight.done
+            result = await self._collect(flight, conn, entry)
+            task._finish(result)
+        except ComfyError as exc:
+            task._finish(error=exc)
+        except asyncio.CancelledError:
+            task._finish(
+                error=Cancelled(f"prompt {task.prompt_id} was cancelled", server=conn.server, prompt_id=task.prompt_id)
+            )
+        except Exception as exc:
+            log.exception("internal error while running prompt %s on %s", task.prompt_id, conn.server)
+            task._finish(
+                error=ComfyError(
+                    f"internal error: {conn.redact(describe(exc))}",
+                    server=conn.server,
+                    prompt_id=task.prompt_id,
+                )
+            )
+        finally:
+            self._detach(flight, conn)
+
+    async def _open_for(
+        self, flight: Flight, conn: ServerConnection, explicit: bool
+    ) -> tuple[ServerConnection, Flight]:
+        """Open the socket BEFORE the POST; if the chosen server is unreachable, nothing was sent, so another
+        healthy server may take the prompt (unless the user named the server)."""
+        tried: set[str] = set()
+        while True:
+            try:
+                await conn.ensure_open()
+                if not explicit:
+                    self.lock.opened(conn.server)  # takes the lock if this server was the pool's choice
+                return conn, flight
+            except ServerUnavailable:
+                tried.add(conn.server)
+                if explicit or len(tried) >= len(self.pool.records):
+                    raise
+                spec = self._route(tried)
+                if spec.url in tried:
+                    raise
+                self._detach(flight, conn)
+                flight = self._attach(flight.task, spec)
+                flight.driver = asyncio.current_task()
+                conn = self._connections[spec.url]
+                log.info("retrying prompt %s on %s", flight.task.prompt_id, conn.server)
+
+    async def _post(self, flight: Flight, conn: ServerConnection) -> None:
+        task = flight.task
+        body = wire.prompt_body(task.workflow, client_id=conn.client_id, prompt_id=task.prompt_id)
+        try:
+            response = await self._http.post(conn.spec.http_url("/prompt"), json=body, headers=conn.spec.headers)
+            status, content = response.status_code, response.content
+        except httpx.TransportError as exc:
+            status, content = 0, conn.redact(describe(exc)).encode()
+        if status == 0 or status >= 500:
+            # We minted the id, so we can ask whether the prompt landed before calling it failed.
+            if await self._landed(conn, task.prompt_id):
+                log.info(
+                    "POST for %s on %s failed (%s) but the prompt was queued",
+                    task.prompt_id,
+                    conn.server,
+                    status,
+                )
+                self._mark_posted(flight, None)
+                return
+            if status == 0:
+                self.pool.mark_failed(conn.server, "POST /prompt failed")
+                raise ServerUnavailable(
+                    f"{conn.server} did not accept prompt {task.prompt_id}: {content.decode()}",
+                    server=conn.server,
+                    prompt_id=task.prompt_id,
+                )
+        try:
+            queued = wire.parse_prompt_response(
+                status, content, server=conn.server, prompt_id=task.prompt_id, workflow=task.workflow
+            )
+        except ValidationError as exc:
+            if exc.partially_queued:  # the valid part was queued: the user must fix the workflow, so drop it
+                self._spawn(self._drop_on_server(conn, task.prompt_id))
+            raise
+        self._mark_posted(flight, queued.number)
+
+    def _mark_posted(self, flight: Flight, number: int | None) -> None:
+        flight.posted = True
+        flight.last_heard = time.monotonic()
+        if flight.task.status not in (RUNNING,) and not flight.done.done():
+            flight.task._update(status=QUEUED)
+
+    async def _landed(self, conn: ServerConnection, prompt_id: str) -> bool:
+        """Whether the server has the prompt queued, running or finished (best effort)."""
+        with contextlib.suppress(ComfyError, httpx.HTTPError):
+            if wire.queue_contains(await self._get_json(conn, "/queue", timeout=5), prompt_id):
+                return True
+            return await self._history(conn, prompt_id, timeout=5) is not None
+        return False
+
+    async def _collect(self, flight: Flight, conn: ServerConnection, entry: wire.HistoryEntry | None) -> Result:
+        """History and images from the prompt's own server (never another one)."""
+        task = flight.task
+        for delay in (0.0, 0.1, 0.3, 1.0):
+            if entry is not None:
+                break
+            await asyncio.sleep(delay)
+            entry = await self._history(conn, task.prompt_id)
+        if entry is None:
+            raise ProtocolError(
+                f"{conn.server} reported prompt {task.prompt_id} finished but has no history for it",
+                server=conn.server,
+                prompt_id=task.prompt_id,
+            )
+        refs = entry.images()
+        data = await asyncio.gather(*(self._view(conn, ref) for ref in refs))
+        files = [ImageFile(ref, blob) for ref, blob in zip(refs, data, strict=True) if blob is not None]
+        elapsed = time.time() - task.submitted_at
+        result = Result(task.prompt_id, conn.server, entry.status, outputs=entry.outputs, files=files, elapsed=elapsed)
+        if entry.status == "success":
+            return result
+        if entry.status == "interrupted":
+            error: ComfyError = PromptInterrupted(
+                f"prompt {task.prompt_id} was interrupted on {conn.server}",
+                server=conn.server,
+                prompt_id=task.prompt_id,
+            )
+        else:
+            failed = entry.error(conn.server)
+            error = failed or ComfyError(
+                f"prompt {task.prompt_id} failed on {conn.server}",
+                server=conn.server,
+                prompt_id=task.prompt_id,
+            )
+        error.result = result
+        raise error
+
+    # -- HTTP helpers ---------------------------------------------------------------------------------------------
+    async def _get(
+        self,
+        conn: ServerConnection,
+        path: str,
+        *,
+        limit: int,
+        timeout: float | None = None,
+        params: dict[str, str] | None = None,
+    ) -> httpx.Response | None:
+        """GET with a size cap (a hostile server cannot make us buffer gigabytes). None on 404."""
+        url = conn.spec.http_url(path)
+        try:
+            async with self._http.stream(
+                "GET",
+                url,
+                params=params,
+                headers=conn.spec.headers,
+                timeout=timeout or httpx.USE_CLIENT_DEFAULT,
+            ) as response:
+                if response.status_code == 404:
+                    return None
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ProtocolError(
+                            f"{conn.server} sent more than {limit} bytes for {path}", server=conn.server
+                        )
+                    chunks.append(chunk)
+                response._content = b"".join(chunks)
+        except httpx.HTTPError as exc:
+            raise ServerUnavailable(
+                f"{conn.server} did not answer GET {path}: {conn.redact(describe(exc))}", server=conn.server
+            ) from None
+        if response.status_code >= 400:
+            text = conn.redact(describe(response.content.decode("utf-8", "replace")))
+            raise ServerUnavailable(
+                f"{conn.server} answered GET {path} with HTTP {response.status_code}: {text}",
+                server=conn.server,
+            )
+        return response
+
+    async def _get_json(self, conn: ServerConnection, path: str, timeout: float | None = None) -> Any:
+        response = await self._get(conn, path, limit=self.options.max_history_bytes, timeout=timeout)
+        try:
+            return None if response is None else response.json()
+        except ValueError:
+            raise ProtocolError(f"{conn.server} sent malformed JSON for {path}", server=conn.server) from None
+
+    async def _history(
+        self, conn: ServerConnection, prompt_id: str, timeout: float | None = None
+    ) -> wire.HistoryEntry | None:
+        return wire.parse_history(
+            await self._get_json(conn, f"/history/{prompt_id}", timeout) or {}, prompt_id, server=conn.server
+        )
+
+    async def _view(self, conn: ServerConnection, ref: wire.ImageRef) -> bytes | None:
+        params = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
+        response = await self._get(conn, "/view", limit=self.options.max_image_bytes, params=params)
+        if response is None:
+            log.warning("%s has no file %r (type %s) any more", conn.server, ref.filename, ref.type)
+            return None
+        return response.content
+
+    async def _drop_on_server(self, conn: ServerConnection, prompt_id: str) -> None:
+        """Targeted cancel: delete the prompt from the queue, interrupt it only if it is the one running."""
+        calls = [
+            self._http.post(
+                conn.spec.http_url("/queue"),
+                json={"delete": [prompt_id]},
+                headers=conn.spec.headers,
+                timeout=1.0,
+            ),
+            self._http.post(
+                conn.spec.http_url("/interrupt"),
+                json={"prompt_id": prompt_id},
+                headers=conn.spec.headers,
+                timeout=1.0,
+            ),
+        ]
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.info("could not cancel %s on %s: %s", prompt_id, conn.server, conn.redact(describe(outcome)))
+
+    # =================================================================================================================
+    # events, socket state, recovery (loop thread)
+    # =================================================================================================================
+    def _on_event(self, conn: ServerConnection, event: wire.Event) -> None:
+        if isinstance(event, wire.Status):
+            self.pool.set_queue(conn.server, event.queue_remaining)
+            return
+        prompt_id = getattr(event, "prompt_id", None)
+        if isinstance(event, wire.Preview) and prompt_id is None:
+            prompt_id = conn.running
+        flight = conn.flights.get(prompt_id) if prompt_id else None
+        if flight is None:
+            return  # another client's prompt, or one we no longer track
+        flight.last_heard = time.monotonic()
+        task = flight.task
+        if isinstance(event, wire.ExecutionStart):
+            conn.running = prompt_id
+            task._update(status=RUNNING, started_at=time.time(), queue_position=0)
+        elif isinstance(event, wire.Executing):
+            if event.done:
+                if conn.running == prompt_id:
+                    conn.running = None
+                if not flight.done.done():
+                    flight.done.set_result(None)
+            else:
+                conn.running = prompt_id
+                task._update(status=RUNNING, node=event.node, progress=None, queue_position=0)
+        elif isinstance(event, wire.Progress):
+            task._update(progress=Progress(event.value, event.max, event.node))
+        elif isinstance(event, wire.Preview):
+            task._update(preview=(event.mime_type, event.data))
+
+    def _on_socket(self, conn: ServerConnection, what: str, code: int | None) -> None:
+        server = conn.server
+        if what == "connecting":
+            self.lock.connecting(server, chosen=False)
+        elif what == "open":
+            self.lock.opened(server)
+            self.pool.mark_ok(server)
+        elif what == "closing":
+            self.lock.closing(server)
+        elif what == "error":
+            self.lock.error(server)
+            self.pool.mark_failed(server, "WebSocket connect failed")
+        elif what == "closed":
+            self.lock.closed(server, code)
+            if code != 1000:
+                log.warning("WebSocket to %s closed abnormally (%s)", server, code or "no close frame")
+                self.pool.mark_failed(server, f"WebSocket closed abnormally ({code or 1006})")
+            if any(f.posted and not f.task.done() for f in conn.flights.values()):
+                self._spawn(self._recover(conn))
+
+    async def _recover(self, conn: ServerConnection) -> None:
+        """Reconnect and reconcile every in-flight prompt: missed events are never replayed."""
+        if conn.recovering:
+            return
+        conn.recovering = True
+        try:
+            deadline = time.monotonic() + self.options.reconnect_window
+            delay = 0.2
+            while self._live_flights(conn):
+                try:
+                    await conn.ensure_open()
+                    break
+                except ServerUnavailable as exc:
+                    if time.monotonic() >= deadline:
+                        self._lose_all(conn, f"{conn.server} is unreachable ({exc.message})")
+                        return
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, 1.0)
+            await self._reconcile(conn, self._live_flights(conn))
+        finally:
+            conn.recovering = False
+
+    def _live_flights(self, conn: ServerConnection) -> list[Flight]:
+        return [f for f in conn.flights.values() if f.posted and not f.done.done()]
+
+    def _lose_all(self, conn: ServerConnection, why: str) -> None:
+        for flight in self._live_flights(conn):
+            pid = flight.task.prompt_id
+            flight.done.set_exception(PromptLost(f"prompt {pid} is lost: {why}", server=conn.server, prompt_id=pid))
+
+    async def _reconcile(self, conn: ServerConnection, flights: list[Flight]) -> None:
+        """Ask the prompt's server: finished (history), still queued/running (keep waiting), or gone (lost)."""
+        if not flights:
+            return
+        try:
+            queue = await self._get_json(conn, "/queue", timeout=5)
+            for flight in flights:
+                pid = flight.task.prompt_id
+                flight.last_heard = time.monotonic()
+                if flight.done.done():
+                    continue
+                position = wire.queue_position(queue, pid)
+                if position is not None:
+                    if position > 0:
+                        flight.task._update(queue_position=position)
+                    continue
+                entry = await self._history(conn, pid, timeout=5)
+                if flight.done.done():
+                    continue
+                if entry is not None:
+                    flight.done.set_result(entry)
+                else:
+                    flight.done.set_exception(
+                        PromptLost(
+                            f"prompt {pid} is lost: {conn.server} has neither a history entry nor a queue item for "
+                            "it (the server was restarted or dropped it)",
+                            server=conn.server,
+                            prompt_id=pid,
+                        )
+                    )
+        except ComfyError as exc:
+            log.info("could not reconcile prompts on %s: %s", conn.server, exc.message)
+            if not conn.is_open and not conn.recovering:
+                self._spawn(self._recover(conn))
+
+    async def _monitor_loop(self) -> None:
+        """Safety net for what events cannot tell: prompts silent too long, and queue positions of waiting ones."""
+        last_queue_poll: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for conn in list(self._connections.values()):
+                if conn.recovering:
+                    continue
+                live = self._live_flights(conn)
+                silent = [f for f in live if now - f.last_heard > self.options.silence_check]
+                waiting = [f for f in live if f.task.status == QUEUED]
+                poll_queue = (
+                    waiting
+                    and len(waiting) <= self.options.queue_poll_max
+                    and now - last_queue_poll.get(conn.server, 0.0) >= self.options.queue_poll
+                )
+                if silent or poll_queue:
+                    last_queue_poll[conn.server] = now
+                    self._spawn(self._reconcile(conn, silent or waiting))
+
+    # =================================================================================================================
+    # cancel, reset, status (loop thread)
+    # =================================================================================================================
+    def _find(self, prompt_id: str) -> tuple[ServerConnection, Flight] | None:
+        for conn in self._connections.values():
+            flight = conn.flights.get(prompt_id)
+            if flight is not None:
+                return conn, flight
+        return None
+
+    def _cancel_from_thread(self, task: Task) -> None:
+        if self._thread.in_loop_thread():
+            self._spawn(self._cancel(task, "cancelled"))
+        elif self._thread.alive:
+            self._thread.run(self._cancel(task, "cancelled"), timeout=self.options.reset_timeout + 3)
+
+    async def _cancel(self, task: Task, why: str) -> None:
+        found = self._find(task.prompt_id)
+        if found is None:
+            return
+        conn, flight = found
+        posted = flight.posted
+        task._finish(
+            error=Cancelled(
+                f"prompt {task.prompt_id} on {conn.server} was {why}",
+                server=conn.server,
+                prompt_id=task.prompt_id,
+            ),
+            status="cancelled",
+        )
+        if flight.driver is not None:
+            flight.driver.cancel()
+        if posted:
+            await asyncio.wait_for(self._drop_on_server(conn, task.prompt_id), self.options.reset_timeout)
+
+    async def _reset(self) -> dict[str, Any]:
+        self.lock.reset()
+        cancels = [
+            self._cancel(flight.task, "cancelled by reset")
+            for conn in self._connections.values()
+            for flight in list(conn.flights.values())
+        ]
+        closes = [conn.close(1000) for conn in self._connections.values()]
+        work = asyncio.gather(*cancels, *closes, return_exceptions=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(work, self.options.reset_timeout)
+        self.lock.reset()  # a close that raced the reset must not leave a lock behind
+        return self.status_now()
+
+    async def _pin(self, spec: ServerSpec) -> str:
+        record = self.pool.get(spec.url)
+        conn = self._connection(record.spec)
+        self.lock.pin(record.url, is_open=conn.is_open)
+        return record.url
+
+    async def _status(self) -> dict[str, Any]:
+        return self.status_now()
+
+    def status_now(self) -> dict[str, Any]:
+        """The status snapshot; call only on the loop thread (``get_status`` does the hop)."""
+        status = self.lock.snapshot()
+        status["pending_tasks_count"] = sum(len(c.flights) for c in self._connections.values())
+        servers = self.pool.snapshot()
+        for entry in servers:
+            conn = self._connections.get(entry["url"])
+            entry["connection_state"] = conn.state.value if conn else "CLOSED"
+            entry["locked"] = entry["url"] == status["locked_server"]
+        status["servers"] = servers
+        return status
+
+    async def _shutdown(self) -> None:
+        for conn in self._connections.values():
+            for flight in list(conn.flights.values()):
+                flight.task._finish(
+                    error=Cancelled(
+                        "the comfy-notebook engine was shut down",
+                        server=conn.server,
+                        prompt_id=flight.task.prompt_id,
+                    ),
+                    status="cancelled",
+                )
+        self._monitor.cancel()
+        await asyncio.gather(*(c.close(1000) for c in self._connections.values()), return_exceptions=True)
+        await self._http.aclose()
