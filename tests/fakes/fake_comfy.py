@@ -8,9 +8,10 @@ the 400/200 `node_errors` shapes, per-clientId event delivery, the order `execut
 reader stalls everybody) and the duplicate-clientId deregistration bug.
 
 Fake node classes: `SaveImage` (output, type "output") and `PreviewImage` (output, type "temp") make PNGs;
-`Raise` fails with `execution_error`; `Invalid` makes POST /prompt answer 400; `PartlyInvalid` answers 200 with
-non-empty `node_errors` and drops the outputs depending on it. Any other class_type runs as a plain node. A node's
-`inputs` may carry `steps` / `step_delay` to override the fake-wide settings for that node.
+`Raise` / `RaiseError` fail with `execution_error` (message from `inputs.message`); `Invalid` makes POST /prompt
+answer 400; `PartlyInvalid` answers 200 with non-empty `node_errors` and drops the outputs depending on it. Any
+other class_type runs as a plain node. A node's `inputs` may carry `steps` and `step_delay` (or `step_seconds`, as
+the real-server `SlowSteps` test node) to override the fake-wide settings, so one workflow suits both servers.
 """
 
 from __future__ import annotations
@@ -18,20 +19,24 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import posixpath
 import struct
 import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from PIL import Image
 
 OUTPUT_CLASSES = frozenset({"SaveImage", "PreviewImage"})
-KNOWN_CLASSES = ("EmptyImage", "ImageInvert", "SaveImage", "PreviewImage", "Raise", "Sleep")
+RAISING_CLASSES = frozenset({"Raise", "RaiseError"})  # RaiseError: the real-server test node's name
+KNOWN_CLASSES = ("EmptyImage", "ImageInvert", "SaveImage", "PreviewImage", "Raise", "RaiseError", "SlowSteps")
 ALL_SOCKETS = "\x00all"  # publisher target: every open socket, registered or orphaned
+_log = logging.getLogger(__name__)
+_S = TypeVar("_S", bound="ThreadedAiohttpServer")
 QueueItem = tuple[Any, str, dict[str, Any], dict[str, Any], list[str], dict[str, Any]]
 
 
@@ -155,7 +160,7 @@ class ThreadedAiohttpServer:
         if thaw is not None:
             thaw.set()
 
-    def __enter__(self) -> ThreadedAiohttpServer:
+    def __enter__(self: _S) -> _S:
         self.start()
         return self
 
@@ -227,7 +232,7 @@ class FakeComfy(ThreadedAiohttpServer):
         self.steps = steps
         self.step_delay = step_delay
         self.preview = preview
-        self.evil_filenames = False
+        self.evil_filenames = False  # hostile server: output names/subfolders with `../`, and /view serves them
         self.history_delay = 0.01  # gap execution_success -> history write: fact 1's race, made reliable
         self.require_outputs = True  # real: a prompt without output node is a 400 prompt_no_outputs
         self.max_history = 10_000
@@ -467,8 +472,8 @@ class FakeComfy(ThreadedAiohttpServer):
             number = -self._number if data.get("front") else self._number
             self._number += 1  # counted even when validation fails, as in the real server
         if "prompt" not in data:
-            error = _err("no_prompt", "No prompt provided", "No prompt provided")
-            return web.json_response({"error": error, "node_errors": {}}, status=400)
+            no_prompt = _err("no_prompt", "No prompt provided", "No prompt provided")
+            return web.json_response({"error": no_prompt, "node_errors": {}}, status=400)
         prompt = data["prompt"]
         prompt_id = str(data.get("prompt_id", uuid.uuid4()))
         if not isinstance(prompt, dict):
@@ -579,6 +584,9 @@ class FakeComfy(ThreadedAiohttpServer):
         query = request.query
         if "filename" not in query:
             return web.Response(status=404)
+        raw = (query.get("type", "output"), query.get("subfolder", ""), query["filename"])
+        if self.evil_filenames and raw in self._files:  # a hostile server skips ComfyUI's path checks
+            return web.Response(body=self._files[raw], content_type="image/png")
         filename = query["filename"]
         if not filename or filename[0] == "/" or ".." in filename:
             return web.Response(status=400)
@@ -655,22 +663,30 @@ class FakeComfy(ThreadedAiohttpServer):
             item = self._queue.pop(index)
             self._running = item
             self._queue_updated()
-            status_str, completed, outputs, meta, messages = await self._execute(item)
-            await asyncio.sleep(self.history_delay)
-            number, prompt_id, prompt, extra, to_execute, _ = item
-            self._history[prompt_id] = {
-                "prompt": [number, prompt_id, prompt, extra, to_execute],
-                "outputs": outputs,
-                "status": {"status_str": status_str, "completed": completed, "messages": messages},
-                "meta": meta,
-            }
-            while len(self._history) > self.max_history:
-                self._history.pop(next(iter(self._history)))
+            try:
+                await self._run_item(item)
+            except Exception:  # a fake bug must not silently stop the worker for the rest of the test
+                _log.exception("fake ComfyUI worker failed on %s", item[1])
             self._running = None
             self._last_node = None
-            self._queue_updated()
-            if extra.get("client_id") is not None:
-                self._emit("executing", {"node": None, "prompt_id": prompt_id}, extra["client_id"])
+
+    async def _run_item(self, item: QueueItem) -> None:
+        """Execute, then the real tail: history write, `status` broadcast, `executing {node: null}`."""
+        status_str, completed, outputs, meta, messages = await self._execute(item)
+        await asyncio.sleep(self.history_delay)
+        number, prompt_id, prompt, extra, to_execute, _ = item
+        self._history[prompt_id] = {
+            "prompt": [number, prompt_id, prompt, extra, to_execute],
+            "outputs": outputs,
+            "status": {"status_str": status_str, "completed": completed, "messages": messages},
+            "meta": meta,
+        }
+        while len(self._history) > self.max_history:
+            self._history.pop(next(iter(self._history)))
+        self._running = None
+        self._queue_updated()
+        if extra.get("client_id") is not None:
+            self._emit("executing", {"node": None, "prompt_id": prompt_id}, extra["client_id"])
 
     async def _execute(self, item: QueueItem) -> tuple[str, bool, dict[str, Any], dict[str, Any], list[Any]]:
         _, prompt_id, prompt, extra, to_execute, _ = item
@@ -706,29 +722,35 @@ class FakeComfy(ThreadedAiohttpServer):
                 inputs = node.get("inputs") if isinstance(node.get("inputs"), dict) else {}
                 steps = inputs.get("steps", self.steps)
                 steps = steps if isinstance(steps, int) else self.steps
-                delay = inputs.get("step_delay", self.step_delay)
+                delay = inputs.get("step_delay", inputs.get("step_seconds", self.step_delay))
                 delay = float(delay) if isinstance(delay, (int, float)) else self.step_delay
                 if self._interrupt:
                     raise _Interrupted
-                self._last_node = nid
                 progress_state(nid, "running", 0, steps)
-                self._emit("executing", {"node": nid, "display_node": nid, "prompt_id": prompt_id}, cid)
-                if node["class_type"] == "Raise":
+                if cid is not None:  # executing/executed go nowhere for a prompt without client_id
+                    self._last_node = nid
+                    self._emit("executing", {"node": nid, "display_node": nid, "prompt_id": prompt_id}, cid)
+                if node["class_type"] in RAISING_CLASSES:
                     raise _NodeRaised(str(inputs.get("message", "Raise node failed on purpose")))
                 for step in range(1, steps + 1):
                     await asyncio.sleep(delay)
                     if self._interrupt:
                         raise _Interrupted
+                    progress_state(nid, "running", step, steps)  # real order: state, preview 4, progress, preview 1
+                    with_meta = cid is not None and self._flags.get(cid, {}).get("supports_preview_metadata")
+                    if self.preview and with_meta:
+                        self._emit_preview(prompt_id, nid, cid)
                     self._emit("progress", {"value": step, "max": steps, "prompt_id": prompt_id, "node": nid}, cid)
-                    if self.preview:
+                    if self.preview and not with_meta:
                         self._emit_preview(prompt_id, nid, cid)
                 progress_state(nid, "finished", steps, steps)
                 if node["class_type"] in OUTPUT_CLASSES:
                     ui = {"images": [self._make_image(node["class_type"])]}
                     outputs[nid] = ui
                     meta[nid] = {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
-                    data = {"node": nid, "display_node": nid, "output": ui, "prompt_id": prompt_id}
-                    self._emit("executed", data, cid)
+                    if cid is not None:
+                        data = {"node": nid, "display_node": nid, "output": ui, "prompt_id": prompt_id}
+                        self._emit("executed", data, cid)
                 executed.append(nid)
         except _Interrupted:
             info = {"prompt_id": prompt_id, "node_id": nid, "node_type": prompt[nid]["class_type"]}
@@ -768,8 +790,10 @@ class FakeComfy(ThreadedAiohttpServer):
     def _make_image(self, class_type: str) -> dict[str, str]:
         self._save_counter += 1
         n = self._save_counter
-        if self.evil_filenames:
-            return {"filename": f"../../etc/passwd_{n:05}.png", "subfolder": "../..", "type": "output"}
+        if self.evil_filenames:  # a hostile server: it also serves these names (see _view)
+            evil = {"filename": f"../../etc/passwd_{n:05}.png", "subfolder": "../..", "type": "output"}
+            self._files[(evil["type"], evil["subfolder"], evil["filename"])] = _image_bytes(n)
+            return evil
         kind = "output" if class_type == "SaveImage" else "temp"
         name = f"ComfyUI_{n:05}_.png" if kind == "output" else f"ComfyUI_temp_fake_{n:05}_.png"
         self._files[(kind, "", name)] = _image_bytes(n)

@@ -75,16 +75,20 @@ class Pool:
         return record.cooldown_until > self._clock()
 
     def choose(self, exclude: Iterable[str] = ()) -> ServerRecord:
-        """The healthy server with the least queued + in-flight work; ties broken at random.
+        """The server with the least queued + in-flight work that is not cooling down; ties broken at random.
 
+        A failed server is retried once its cooldown is over (nothing else would ever mark it healthy again).
         Servers in cooldown are used only when every other server is cooling too (then the one that recovers
         first): a user's own request is not a tight loop, and a clear connection error beats a refusal.
         """
         skip = set(exclude)
         candidates = [r for r in self.records.values() if r.url not in skip]
         if not candidates:
+            if self.records:
+                tried = ", ".join(self.records)
+                raise ServerUnavailable(f"no ComfyUI server left to try: all were excluded ({tried})")
             raise ServerUnavailable("no ComfyUI server is configured: call set_servers([...]) or set COMFY_SERVERS")
-        ready = [r for r in candidates if r.healthy and not self.cooling(r)]
+        ready = [r for r in candidates if not self.cooling(r)]
         if not ready:
             return min(candidates, key=lambda r: r.cooldown_until)
         least = min(r.load() for r in ready)
@@ -105,7 +109,8 @@ class Pool:
         record.healthy = False
         record.last_error = error
         record.failures += 1
-        delay = min(COOLDOWN_MAX, COOLDOWN_FIRST * 2 ** (record.failures - 1))
+        # cap the exponent: 2 ** 1024 overflows a float after a long outage
+        delay = min(COOLDOWN_MAX, COOLDOWN_FIRST * 2 ** min(record.failures - 1, 32))
         record.cooldown_until = self._clock() + delay
 
     def set_queue(self, url: str, queue_remaining: int) -> None:

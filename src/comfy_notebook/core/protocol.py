@@ -157,12 +157,22 @@ def parse_text(raw: str | bytes) -> Event | None:
         if not isinstance(data, dict):
             return None
         return _TEXT_PARSERS[kind](data) if kind in _TEXT_PARSERS else None
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):
+        # OverflowError: ``Infinity`` where an int belongs; RecursionError: absurdly nested JSON.
         return None
 
 
 def _status(d: dict[str, Any]) -> Status:
     return Status(_int(d["status"]["exec_info"]["queue_remaining"]), _str(d.get("sid")))
+
+
+def _list(value: Any) -> list[Any]:
+    """A JSON list, or empty when absent; any other type is malformed (a string is not a list of node ids)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TypeError("not a list")
+    return value
 
 
 def _required_id(d: dict[str, Any], key: str = "prompt_id") -> str:
@@ -204,7 +214,7 @@ def _failed(d: dict[str, Any]) -> ExecutionFailed:
 _TEXT_PARSERS: dict[str, Any] = {
     "status": _status,
     "execution_start": lambda d: ExecutionStart(_required_id(d)),
-    "execution_cached": lambda d: ExecutionCached(_required_id(d), tuple(str(n) for n in d.get("nodes") or ())),
+    "execution_cached": lambda d: ExecutionCached(_required_id(d), tuple(str(n) for n in _list(d.get("nodes")))),
     "executing": _executing,
     "progress": _progress,
     "executed": _executed,
@@ -230,7 +240,7 @@ def parse_binary(raw: bytes) -> Event | None:
             return None
         try:
             meta = json.loads(raw[8 : 8 + length])
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if not isinstance(meta, dict):
             return None
@@ -257,7 +267,8 @@ def node_errors(raw: Any, workflow: Mapping[str, Any] | None = None) -> tuple[No
             node = (workflow or {}).get(str(node_id))
             class_type = node.get("class_type", "?") if isinstance(node, dict) else "?"
         errors = []
-        for err in entry.get("errors") or ():
+        raw_errors = entry.get("errors")
+        for err in raw_errors if isinstance(raw_errors, list) else ():
             if not isinstance(err, dict):
                 continue
             extra = err.get("extra_info") if isinstance(err.get("extra_info"), dict) else {}

@@ -30,14 +30,17 @@ class ServerSpec:
         text = raw.strip()
         if "://" not in text:
             text = "http://" + text
-        parts = urlsplit(text)
+        try:
+            parts = urlsplit(text)
+        except ValueError:  # e.g. "Invalid IPv6 URL", or an NFKC netloc error whose text includes the password
+            raise ServerUnavailable(f"not a ComfyUI server URL: {_redacted(raw)!r}") from None
         scheme = parts.scheme.lower()
         if scheme not in _SCHEMES or not parts.hostname:
             raise ServerUnavailable(f"not a ComfyUI server URL: {_redacted(raw)!r} (expected http(s)://host:port)")
         try:
             port = parts.port
-        except ValueError as exc:
-            raise ServerUnavailable(f"bad port in server URL {_redacted(raw)!r}") from exc
+        except ValueError:
+            raise ServerUnavailable(f"bad port in server URL {_redacted(raw)!r}") from None
         host = parts.hostname
         if ":" in host:  # IPv6 literal
             host = f"[{host}]"

@@ -19,7 +19,8 @@ from comfy_notebook.core.errors import WorkflowError
 
 Workflow = dict[str, Any]
 
-_VARIABLE = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
+_VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)\Z")  # with re.match; \Z, not $, which allows a final "\n"
+_ESCAPED = re.compile(r"\$(\$+[A-Za-z_][A-Za-z0-9_]*)\Z")  # "$$name" -> "$name", "$$$name" -> "$$name"
 
 UI_FORMAT_HELP = (
     "this is a UI-format workflow (it has 'nodes' and 'links'), but the server API needs the API format. "
@@ -36,7 +37,11 @@ def load_workflow(source: Workflow | str | Path) -> Workflow:
         text = source.strip()
         if text and text[0] not in "{[" and len(text) < 4096 and "\n" not in text:
             path = Path(text).expanduser()
-            if path.suffix.lower() == ".json" or path.is_file():
+            try:
+                is_file = path.suffix.lower() == ".json" or path.is_file()
+            except (OSError, ValueError):  # e.g. a name too long to be a path: treat it as JSON text
+                is_file = False
+            if is_file:
                 return _from_file(path)
         return parse_workflow(source)
     if isinstance(source, Mapping):
@@ -57,10 +62,13 @@ def parse_workflow(text: str, *, origin: str = "workflow") -> Workflow:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        line = exc.doc.splitlines()[exc.lineno - 1] if exc.doc.splitlines()[exc.lineno - 1 : exc.lineno] else ""
+        # json counts lines by "\n" only (splitlines() would also split on "\r", "\f", "\u2028", ...)
+        lines = exc.doc.split("\n")
+        line = lines[exc.lineno - 1] if exc.lineno <= len(lines) else ""
         pointer = f"\n    {line.strip()[:120]}" if line.strip() else ""
+        reason = exc.msg.removesuffix(" at")  # "Invalid control character at" would read "... at at line 1"
         raise WorkflowError(
-            f"{origin} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}{pointer}",
+            f"{origin} is not valid JSON: {reason} at line {exc.lineno}, column {exc.colno}{pointer}",
             line=exc.lineno,
             column=exc.colno,
         ) from None
@@ -76,7 +84,8 @@ def validate(data: Any) -> Workflow:
     """Check the API-format shape ``{node_id: {"class_type": str, "inputs": {...}}}``."""
     if is_ui_format(data):
         raise WorkflowError(UI_FORMAT_HELP)
-    if isinstance(data, dict) and isinstance(data.get("prompt"), dict) and "class_type" not in data:
+    body_graph = data.get("prompt") if isinstance(data, dict) else None
+    if isinstance(body_graph, dict) and "class_type" not in data and "class_type" not in body_graph:
         data = data["prompt"]  # a saved /prompt request body: its graph is what we need
     if not isinstance(data, dict) or not data:
         raise WorkflowError('a workflow must be a non-empty JSON object of nodes: {"1": {"class_type": ...}}')
@@ -123,9 +132,8 @@ def substitute(workflow: Workflow, namespace: Mapping[str, Any]) -> Workflow:
             match = _VARIABLE.match(value)
             if match:
                 return _json_value(match.group(1), namespace[match.group(1)])
-            if value.startswith("$$"):
-                return value[1:]
-            return value
+            escaped = _ESCAPED.match(value)
+            return escaped.group(1) if escaped else value
         if isinstance(value, dict):
             return {key: replace(item) for key, item in value.items()}
         if isinstance(value, list):

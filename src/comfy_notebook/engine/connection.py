@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.frames import Close
 from websockets.protocol import State
 
 from comfy_notebook.core.errors import ServerUnavailable, describe
@@ -59,6 +60,14 @@ class Flight:
     posted: bool = False
     last_heard: float = field(default_factory=time.monotonic)
     driver: asyncio.Task[None] | None = None
+
+
+def _close_code(received: Close | None, sent: Close | None) -> int | None:
+    """The close code that describes what happened: the peer's, else ours (1009 frame too big, 1011 ping
+    timeout), else None for a connection that just dropped (1006)."""
+    if received is not None:
+        return received.code
+    return sent.code if sent is not None else None
 
 
 class ServerConnection:
@@ -141,9 +150,9 @@ class ServerConnection:
                     self._on_event(self, event)
                 except Exception:  # a bug in event handling must not kill the socket
                     log.exception("error while handling an event from %s", self.server)
-            code = ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None
+            code = _close_code(ws.protocol.close_rcvd, ws.protocol.close_sent)
         except websockets.ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else None
+            code = _close_code(exc.rcvd, exc.sent)
         except Exception as exc:  # pragma: no cover - defensive: any read error is a socket error
             log.warning("WebSocket to %s failed: %s", self.server, self.redact(describe(exc)))
         finally:

@@ -346,11 +346,15 @@ class Engine:
     async def _collect(self, flight: Flight, conn: ServerConnection, entry: wire.HistoryEntry | None) -> Result:
         """History and images from the prompt's own server (never another one)."""
         task = flight.task
-        for delay in (0.0, 0.1, 0.3, 1.0):
+        for delay in (0.0, 0.1, 0.3, 1.0):  # transient failures and the history-write race get a few tries
             if entry is not None:
                 break
             await asyncio.sleep(delay)
-            entry = await self._history(conn, task.prompt_id)
+            try:
+                entry = await self._history(conn, task.prompt_id)
+            except ServerUnavailable:
+                if delay == 1.0:
+                    raise
         if entry is None:
             raise ProtocolError(
                 f"{conn.server} reported prompt {task.prompt_id} finished but has no history for it",
@@ -389,8 +393,9 @@ class Engine:
         limit: int,
         timeout: float | None = None,
         params: dict[str, str] | None = None,
+        missing: tuple[int, ...] = (404,),
     ) -> httpx.Response | None:
-        """GET with a size cap (a hostile server cannot make us buffer gigabytes). None on 404."""
+        """GET with a size cap (a hostile server cannot make us buffer gigabytes). None for a ``missing`` status."""
         url = conn.spec.http_url(path)
         try:
             async with self._http.stream(
@@ -400,7 +405,7 @@ class Engine:
                 headers=conn.spec.headers,
                 timeout=timeout or httpx.USE_CLIENT_DEFAULT,
             ) as response:
-                if response.status_code == 404:
+                if response.status_code in missing:
                     return None
                 chunks, size = [], 0
                 async for chunk in response.aiter_bytes():
@@ -439,9 +444,12 @@ class Engine:
 
     async def _view(self, conn: ServerConnection, ref: wire.ImageRef) -> bytes | None:
         params = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
-        response = await self._get(conn, "/view", limit=self.options.max_image_bytes, params=params)
+        # 400/403: the server refuses the name (ComfyUI does for ``..``); that loses this file, not the result.
+        response = await self._get(
+            conn, "/view", limit=self.options.max_image_bytes, params=params, missing=(400, 403, 404)
+        )
         if response is None:
-            log.warning("%s has no file %r (type %s) any more", conn.server, ref.filename, ref.type)
+            log.warning("%s did not serve file %r (type %s)", conn.server, ref.filename, ref.type)
             return None
         return response.content
 

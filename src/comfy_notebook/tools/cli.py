@@ -39,7 +39,13 @@ def _build_parser() -> argparse.ArgumentParser:
     up.add_argument("--comfyui", type=Path, metavar="DIR", help="your own ComfyUI checkout (default: pinned env)")
     up.add_argument("--python", type=Path, metavar="PY", help="python for --comfyui (default: this one)")
     up.add_argument(
-        "--custom-nodes", type=Path, nargs="+", default=[], metavar="DIR", help="folders holding custom nodes"
+        "--custom-nodes",
+        type=Path,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="DIR",
+        help="folders holding custom nodes",
     )
     up.add_argument(
         "--gpu-per-server", action="store_true", help="server i gets CUDA_VISIBLE_DEVICES=i instead of --cpu"

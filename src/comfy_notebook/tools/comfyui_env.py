@@ -145,7 +145,7 @@ def _run(cmd: list[str], build_log: Path, step: str, *, required: bool = True) -
         out.flush()
         result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False)
     if result.returncode != 0 and not required:
-        log.warning("%s exited %d (not fatal); see %s", step, result.returncode, build_log)
+        log.info("%s: exit %d, not fatal (details in %s)", step, result.returncode, build_log)
         return
     if result.returncode != 0:
         raise EnvBuildError(f"{step} failed (exit {result.returncode}); see {build_log}\n{_tail(build_log)}")

@@ -174,7 +174,7 @@ class LocalPool:
 
     def __init__(self, state_dir: Path | str | None = None) -> None:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
-        self._procs: dict[int, subprocess.Popen[bytes]] = {}  # pid -> handle, to reap children we started
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}  # pid -> handle of children we started (reaping)
         self._lock_depth = 0
         self._lock_handle: Any = None
 
@@ -239,8 +239,8 @@ class LocalPool:
     def _alive(self, rec: dict[str, Any]) -> bool:
         pid = rec.get("pid")
         proc = self._procs.get(pid) if isinstance(pid, int) else None
-        if proc is not None and proc.poll() is not None:  # reap our own dead child (else it stays a zombie)
-            self._procs.pop(proc.pid, None)
+        if proc is not None:
+            proc.poll()  # reaps our own dead child (else it stays a zombie) and keeps its exit code
         return _is_ours_and_running(pid, rec.get("start_time"))
 
     def _signal(self, rec: dict[str, Any], sig: signal.Signals) -> bool:

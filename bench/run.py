@@ -1,0 +1,178 @@
+"""``make bench``: comfy-notebook against the floor and against the server's own rate, side by side in one run.
+
+1. Sequential latency: ``run()`` vs a minimal httpx + websockets loop doing the same protocol steps, on one real
+   server, in alternating blocks so drift hits both alike. Target: median ratio <= 1.15.
+2. Throughput: N trivial prompts submitted at once through ``submit()`` (results and images collected) vs the same
+   N POSTed raw with the server left alone to drain its queue. Target: rate ratio >= 0.9.
+
+Starts its own real server with the local-pool launcher unless ``--server URL`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from floor import run_sequential  # noqa: E402
+
+import comfy_notebook as cn  # noqa: E402
+
+
+PREFIX = f"run-{uuid.uuid4().hex[:8]}"
+
+
+def workflow(i: int, folder: str = "latency", size: int = 64) -> dict[str, Any]:
+    """A trivial, never-cached workflow (the color changes the graph) with one saved image.
+
+    Each phase saves into its own fresh subfolder: SaveImage lists its folder on every save, so a shared folder
+    would make every later phase slower than the one before it."""
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1, "color": i}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["2", 0], "filename_prefix": f"bench/{PREFIX}/{folder}/img"},
+        },
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(q * len(values)))]
+
+
+def bench_latency(url: str, n: int, block: int = 10) -> dict[str, float]:
+    engine = cn.Engine([url])
+    ours: list[float] = []
+    floor: list[float] = []
+    counter = iter(range(10_000_000))
+    try:
+        engine.run(workflow(next(counter)), timeout=60)  # warm both paths
+        run_sequential(url, [workflow(next(counter))])
+        for _ in range(n // block):
+            for _ in range(block):
+                start = time.perf_counter()
+                engine.run(workflow(next(counter)), timeout=60)
+                ours.append(time.perf_counter() - start)
+            floor += run_sequential(url, [workflow(next(counter)) for _ in range(block)])
+    finally:
+        engine.close()
+    return {
+        "n": n,
+        "ours_p50_ms": 1000 * statistics.median(ours),
+        "ours_p90_ms": 1000 * pct(ours, 0.9),
+        "floor_p50_ms": 1000 * statistics.median(floor),
+        "floor_p90_ms": 1000 * pct(floor, 0.9),
+        "ratio_p50": statistics.median(ours) / statistics.median(floor),
+    }
+
+
+async def _server_rate(url: str, workflows: list[dict[str, Any]], with_socket: bool) -> float:
+    """The server's own completion rate: POST everything, then wait until its queue is empty.
+
+    ``with_socket`` attaches a WebSocket for the prompts' client id that only drains events (no history, no
+    images): the cost the server itself pays to send ~14 events per prompt to any event-driven client."""
+    client_id = str(uuid.uuid4())
+    drain: asyncio.Task[None] | None = None
+    if with_socket:
+        from websockets.asyncio.client import connect
+
+        ws = await connect(url.replace("http", "ws", 1) + f"/ws?clientId={client_id}", max_size=None)
+
+        async def read() -> None:
+            async for _ in ws:
+                pass
+
+        drain = asyncio.create_task(read())
+    async with httpx.AsyncClient(timeout=60) as http:
+        start = time.perf_counter()
+        for wf in workflows:
+            body = {"prompt": wf, "client_id": client_id, "prompt_id": str(uuid.uuid4())}
+            (await http.post(url + "/prompt", json=body)).raise_for_status()
+        while True:
+            remaining = (await http.get(url + "/prompt")).json()["exec_info"]["queue_remaining"]
+            if remaining == 0:
+                rate = len(workflows) / (time.perf_counter() - start)
+                break
+            await asyncio.sleep(0.005)
+    if drain is not None:
+        await ws.close()
+        await drain
+    return rate
+
+
+def bench_throughput(url: str, n: int, offset: int) -> dict[str, float]:
+    """Three phases side by side, each on fresh prompts in a fresh folder: server alone, server with a socket
+    attached, and ours (every result's history and image collected)."""
+    server = asyncio.run(_server_rate(url, [workflow(offset + i, "alone") for i in range(n)], with_socket=False))
+    socket = asyncio.run(_server_rate(url, [workflow(offset + n + i, "socket") for i in range(n)], with_socket=True))
+    engine = cn.Engine([url])
+    try:
+        engine.run(workflow(offset + 2 * n, "ours"), timeout=60)
+        start = time.perf_counter()
+        tasks = [engine.submit(workflow(offset + 2 * n + 1 + i, "ours")) for i in range(n)]
+        results = [t.result(timeout=600) for t in tasks]
+        ours = n / (time.perf_counter() - start)
+        assert all(r.status == "success" and r.files for r in results)
+    finally:
+        engine.close()
+    return {
+        "n": n,
+        "ours_per_s": ours,
+        "server_per_s": server,
+        "server_with_socket_per_s": socket,
+        "ratio": ours / server,
+        "ratio_vs_socket": ours / socket,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", help="an existing ComfyUI server (default: start one)")
+    parser.add_argument("--latency-n", type=int, default=200)
+    parser.add_argument("--throughput-n", type=int, default=500)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+
+    pool = None
+    url = args.server
+    if url is None:
+        from comfy_notebook.tools.local_pool import LocalPool
+
+        pool = LocalPool(state_dir=Path(tempfile.mkdtemp(prefix="comfy-bench-")))
+        url = pool.start(1, base_port=18390)[0]
+    try:
+        latency = bench_latency(url, args.latency_n)
+        print(
+            f"sequential latency, {latency['n']} prompts: ours p50 {latency['ours_p50_ms']:.1f} ms "
+            f"(p90 {latency['ours_p90_ms']:.1f}), floor p50 {latency['floor_p50_ms']:.1f} ms "
+            f"(p90 {latency['floor_p90_ms']:.1f}) -> ratio {latency['ratio_p50']:.3f} (target <= 1.15)"
+        )
+        throughput = bench_throughput(url, args.throughput_n, offset=100_000)
+        print(
+            f"throughput, {throughput['n']} prompts at once: ours {throughput['ours_per_s']:.0f}/s, "
+            f"server alone {throughput['server_per_s']:.0f}/s, server with one event socket "
+            f"{throughput['server_with_socket_per_s']:.0f}/s -> ratio {throughput['ratio']:.3f} vs alone "
+            f"(target >= 0.9), {throughput['ratio_vs_socket']:.3f} vs the socket floor"
+        )
+        if args.json:
+            args.json.write_text(json.dumps({"latency": latency, "throughput": throughput}, indent=2))
+    finally:
+        if pool is not None:
+            pool.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

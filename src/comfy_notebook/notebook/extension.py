@@ -1,0 +1,58 @@
+"""``%load_ext`` / ``%reload_ext`` / ``%unload_ext comfy_notebook``.
+
+IPython has no API to unregister magics, so ``unload`` removes them from the magics tables by hand, closes every
+widget (ipywidgets keeps them alive until ``close()``), unregisters the formatters and stops the engine thread:
+three reloads leave exactly one ``comfy-notebook-io`` thread, an unload leaves none. The server pool (with its
+credentials, in memory only) is carried over to the next load, so ``%reload_ext`` does not forget it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from comfy_notebook import api
+from comfy_notebook.core.servers import ServerSpec
+from comfy_notebook.notebook.magics import ComfyMagics
+
+MAGIC_NAME = "comfy"
+
+
+class _Carry:
+    """The pool of the last unloaded engine, restored by the next load unless the config names servers."""
+
+    servers: list[ServerSpec] | None = None
+
+
+def load(ip: Any) -> None:
+    """Register the magics and formatters and start the engine (reading config, a carried pool, COMFY_SERVERS)."""
+    if ip is None:
+        return
+    if ComfyMagics.__name__ in ip.magics_manager.registry:  # loaded without an unload: drop the stale one first
+        unload(ip)
+    magics = ComfyMagics(shell=ip)
+    ip.register_magics(magics)
+    carried, _Carry.servers = _Carry.servers, None
+    try:
+        magics.start(carried)
+    except Exception:
+        unload(ip)
+        raise
+
+
+def unload(ip: Any) -> None:
+    """Remove the magics, close the panel and progress widgets, unregister the formatters, stop the engine."""
+    if ip is None:
+        return
+    manager = ip.magics_manager
+    magics = manager.registry.pop(ComfyMagics.__name__, None)
+    for kind in ("line", "cell"):
+        fn = manager.magics[kind].get(MAGIC_NAME)
+        if fn is not None and isinstance(getattr(fn, "__self__", None), ComfyMagics):
+            del manager.magics[kind][MAGIC_NAME]
+    if isinstance(magics, ComfyMagics):
+        magics.close()
+    ip.configurables[:] = [c for c in ip.configurables if not isinstance(c, ComfyMagics)]
+    engine = api._Shared.engine  # the running engine only: unloading must never start one
+    if engine is not None and not engine.closed:
+        _Carry.servers = [record.spec for record in list(engine.pool.records.values())]
+    api.shutdown()

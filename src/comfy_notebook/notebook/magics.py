@@ -1,0 +1,374 @@
+"""``%comfy`` (pool, status panel, reset, lock) and ``%%comfy`` (run a workflow cell).
+
+The magics translate cells into ``comfy_notebook.api`` / engine calls and own the notebook-side UI state (the one
+status panel, the progress widgets, the display formatters), so unloading the extension can close all of it.
+User errors end the cell as failed with a short rendering (``_render_traceback_``), never a long traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import keyword
+import shlex
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar, cast
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+from IPython.display import display
+from traitlets import Enum, Float, List, Unicode, observe
+
+from comfy_notebook import api
+from comfy_notebook.core.errors import Cancelled, ComfyError
+from comfy_notebook.core.workflow import Workflow, load_workflow, parse_workflow, substitute
+from comfy_notebook.engine.task import Result, Task
+from comfy_notebook.notebook import render
+from comfy_notebook.notebook.panel import StatusPanel
+from comfy_notebook.notebook.progress import ProgressWidget
+
+HELP = """\
+%comfy servers [URL ...]   set the server pool (no URL: show it); also COMFY_SERVERS or
+                           %config ComfyMagics.servers = ["http://host:8188", ...]
+%comfy status              show the live status panel (lock, servers, Reset button)
+%comfy reset               clear the lock, close sockets, cancel pending prompts
+%comfy lock URL            pin the lock to one server of the pool
+%comfy help                this text
+
+%%comfy [NAME <<] [-f FILE] [--server URL] [--timeout SECONDS] [--no-wait]
+<API-format workflow JSON>
+    Runs the workflow, shows its progress and waits for the images ("Run All" works).
+    NAME <<       store the Result (with --no-wait: the running Task) in the variable NAME
+    -f FILE       read the workflow from FILE instead of the cell
+    --server URL  run on this server (this cell only)
+    --timeout S   give up after S seconds (the prompt is cancelled)
+    --no-wait     return the Task at once; its progress keeps updating in the cell
+    A JSON string value that is exactly "$name" is replaced by the notebook variable name
+    (a lookup, never evaluated); write "$$name" for a literal "$name"."""
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _magic(kind: Callable[[str], Any], name: str) -> Callable[[_F], _F]:
+    """``line_magic(name)`` / ``cell_magic(name)`` with the type IPython's union return type hides."""
+    return cast(Callable[[_F], _F], kind(name))
+
+
+def _display(obj: Any, **kwargs: Any) -> None:
+    display(obj, **kwargs)  # type: ignore[no-untyped-call]
+
+
+CELL_USAGE = "%%comfy [NAME <<] [-f FILE] [--server URL] [--timeout SECONDS] [--no-wait]"
+
+
+# -- parsing ----------------------------------------------------------------------------------------------------------
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports one-line ``UsageError``s instead of printing and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"%%comfy: {message} (usage: {CELL_USAGE})")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise UsageError(f"%%comfy: {message or 'bad arguments'} (usage: {CELL_USAGE})")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+_CELL_PARSER = _ArgumentParser(prog="%%comfy", add_help=False)
+_CELL_PARSER.add_argument("-f", "--file", dest="file")
+_CELL_PARSER.add_argument("--server")
+_CELL_PARSER.add_argument("--timeout", type=_positive)
+_CELL_PARSER.add_argument("--no-wait", dest="no_wait", action="store_true")
+
+
+@dataclass(frozen=True)
+class CellOptions:
+    target: str | None = None
+    file: str | None = None
+    server: str | None = None
+    timeout: float | None = None
+    no_wait: bool = False
+
+
+def _split(line: str, who: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"{who}: {exc}") from None
+
+
+def parse_cell_line(line: str) -> CellOptions:
+    """``[NAME <<] [options]`` -> ``CellOptions``; anything else is a one-line ``UsageError``."""
+    tokens = _split(line, "%%comfy")
+    target = None
+    if len(tokens) >= 2 and tokens[1] == "<<":
+        target, tokens = tokens[0], tokens[2:]
+    elif tokens and tokens[0].endswith("<<") and tokens[0] != "<<":
+        target, tokens = tokens[0][:-2], tokens[1:]
+    if target is not None and (not target.isidentifier() or keyword.iskeyword(target)):
+        raise UsageError(f"%%comfy: {target!r} is not a valid variable name to store the result in")
+    if any("<<" in token for token in tokens):
+        raise UsageError(f"%%comfy: the target goes first, as in '%%comfy result <<' (usage: {CELL_USAGE})")
+    args = _CELL_PARSER.parse_args(tokens)
+    return CellOptions(target, args.file, args.server, args.timeout, args.no_wait)
+
+
+# -- clean errors -----------------------------------------------------------------------------------------------------
+_RED, _RESET = "\x1b[0;31m", "\x1b[0m"
+
+
+def clean(exc: BaseException) -> BaseException:
+    """Give ``exc`` a short cell rendering (IPython calls ``_render_traceback_`` instead of printing a traceback).
+
+    The exception keeps its type, so ``ename`` in the notebook is still ``ValidationError`` etc.
+    """
+    lines = render.error_lines(exc)
+
+    def _render_traceback_() -> list[str]:
+        name, sep, rest = lines[0].partition(":")
+        return [f"{_RED}{name}{_RESET}{sep}{rest}", *lines[1:]]
+
+    exc._render_traceback_ = _render_traceback_  # type: ignore[attr-defined]
+    return exc
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+# -- the magics -------------------------------------------------------------------------------------------------------
+@magics_class
+class ComfyMagics(Magics):
+    """``%comfy`` / ``%%comfy``. Configurable with ``%config ComfyMagics.<trait> = ...`` or ``ipython_config.py``."""
+
+    servers = List(
+        Unicode(),
+        default_value=[],
+        help="ComfyUI servers (http://[user:pass@]host:port[/prefix]); empty: COMFY_SERVERS or %comfy servers",
+    ).tag(config=True)
+    default_timeout = Float(
+        None, allow_none=True, help="seconds a %%comfy cell waits when it has no --timeout (None: no limit)"
+    ).tag(config=True)
+    widgets = Enum(
+        ["auto", "on", "off"], "auto", help="live widgets: auto = only in a kernel (not in terminal IPython)"
+    ).tag(config=True)
+    progress_interval = Float(0.15, help="seconds between progress widget refreshes").tag(config=True)
+    panel_interval = Float(1.0, help="seconds between status panel refreshes").tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        self._ready = False  # @observe handlers run during construction: apply config only once started
+        super().__init__(shell=shell, **kwargs)
+        self.panel: StatusPanel | None = None
+        self.progress_widgets: list[ProgressWidget] = []
+        self._ui_lock = threading.Lock()
+        self._formatters: list[tuple[Any, type]] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------------
+    def start(self, carried_servers: list[Any] | None = None) -> None:
+        """Start the engine, apply the configured servers, register the display formatters."""
+        engine = api.get_engine()
+        if self.servers:
+            api.set_servers(list(self.servers))
+        elif carried_servers:
+            engine.set_servers(carried_servers)
+        self._register_formatters()
+        self._ready = True
+
+    def close(self) -> None:
+        """Close the panel and every progress widget (cancelling their tickers), unregister the formatters."""
+        self._ready = False
+        with self._ui_lock:
+            panel, self.panel = self.panel, None
+            progress, self.progress_widgets = self.progress_widgets, []
+        if panel is not None:
+            panel.close()
+        for widget in progress:
+            widget.close()
+        for formatter, cls in self._formatters:
+            formatter.pop(cls, None)
+        self._formatters = []
+
+    @observe("servers")
+    def _servers_changed(self, change: dict[str, Any]) -> None:
+        if getattr(self, "_ready", False):
+            api.set_servers(list(change["new"]))
+
+    def _register_formatters(self) -> None:
+        display_formatter = getattr(self.shell, "display_formatter", None)
+        if display_formatter is None:
+            return
+        plain = display_formatter.formatters["text/plain"]
+        html = display_formatter.formatters["text/html"]
+        registrations: list[tuple[Any, type, Callable[..., Any]]] = [
+            (display_formatter.mimebundle_formatter, Task, self._task_bundle),
+            (html, Task, render.task_html),
+            (plain, Task, lambda obj, p, cycle: p.text(render.task_text(obj))),
+            (html, Result, render.result_html),
+            (plain, Result, lambda obj, p, cycle: p.text(render.result_text(obj))),
+        ]
+        for formatter, cls, fn in registrations:
+            formatter.for_type(cls, fn)
+            self._formatters.append((formatter, cls))
+
+    def use_widgets(self) -> bool:
+        if self.widgets != "auto":
+            return bool(self.widgets == "on")
+        return getattr(self.shell, "kernel", None) is not None
+
+    def progress_for(self, task: Task) -> ProgressWidget:
+        """A live progress widget for ``task``, tracked so unloading closes it."""
+        widget = ProgressWidget(task, api.get_engine(), interval=self.progress_interval)
+        with self._ui_lock:
+            self.progress_widgets.append(widget)
+        return widget
+
+    def status_panel(self) -> StatusPanel:
+        """THE panel of this kernel, created on first use (again if the engine was shut down meanwhile)."""
+        with self._ui_lock:
+            panel = self.panel
+            if panel is not None and not panel.closed and not panel.engine.closed:
+                return panel
+            self.panel = None
+        if panel is not None:
+            panel.close()
+        fresh = StatusPanel(api.get_engine(), interval=self.panel_interval)
+        with self._ui_lock:
+            self.panel = fresh
+        return fresh
+
+    def _task_bundle(self, task: Task) -> dict[str, Any] | None:
+        """Displaying a Task in a kernel shows its live progress widget; elsewhere the static text/HTML."""
+        if not self._ready or not self.use_widgets():
+            return None
+        return self.progress_for(task)._repr_mimebundle_()
+
+    # -- %comfy -------------------------------------------------------------------------------------------------------
+    @_magic(line_magic, "comfy")
+    def comfy_line(self, line: str) -> None:
+        """Manage the server pool and the lock; ``%comfy help`` lists the commands."""
+        tokens = _split(line, "%comfy")
+        if not tokens:
+            raise UsageError("%comfy needs a command: servers, status, reset, lock or help")
+        command, args = tokens[0], tokens[1:]
+        if command in ("help", "-h", "--help"):
+            _say(HELP)
+        elif command == "servers":
+            if args:
+                try:
+                    api.set_servers(args)
+                except ComfyError as exc:
+                    raise UsageError(f"%comfy servers: {render.scrub(str(exc))}") from None
+            _say(render.servers_text(api.get_status()))
+        elif command == "status":
+            self._no_args(command, args)
+            if self.use_widgets():
+                _display(self.status_panel())
+            else:
+                status = api.get_status()
+                _display({"text/plain": render.status_text(status), "text/html": render.status_html(status)}, raw=True)
+        elif command == "reset":
+            self._no_args(command, args)
+            before = api.get_status()
+            _say(render.reset_outcome(before, api.reset()))
+            if self.panel is not None:
+                self.panel.refresh()
+        elif command == "lock":
+            if len(args) != 1:
+                raise UsageError("usage: %comfy lock URL (a server of the pool)")
+            try:
+                url = api.lock(args[0])
+            except ComfyError as exc:
+                raise UsageError(f"%comfy lock: {render.scrub(str(exc))}") from None
+            _say(f"locked: {url}")
+        else:
+            raise UsageError(f"unknown %comfy command {command!r}: use servers, status, reset, lock or help")
+
+    @staticmethod
+    def _no_args(command: str, args: list[str]) -> None:
+        if args:
+            raise UsageError(f"%comfy {command} takes no arguments (got {' '.join(args)!r})")
+
+    # -- %%comfy ------------------------------------------------------------------------------------------------------
+    @no_var_expand
+    @_magic(cell_magic, "comfy")
+    def comfy_cell(self, line: str, cell: str) -> Result | Task | None:
+        """Run the workflow in the cell (JSON, API format) and wait for its images; see ``%comfy help``."""
+        options = parse_cell_line(line)
+        try:
+            workflow = self._workflow(options, cell)
+            task = api.submit(workflow, server=options.server)
+        except ComfyError as exc:
+            raise clean(exc) from None
+        if options.no_wait:
+            if options.target is None:
+                return task  # displayed by the Task formatter: the live widget in a kernel
+            self.shell.user_ns[options.target] = task  # type: ignore[union-attr]
+            _display(task)
+            return None
+        widget = self.progress_for(task) if self.use_widgets() else None
+        if widget is not None:
+            _display(widget)
+        try:
+            result = self._wait(task, options.timeout if options.timeout is not None else self.default_timeout)
+        finally:
+            if widget is not None:
+                widget.refresh()  # the final state, written from this cell's thread
+        if options.target is None:
+            return result  # displayed once, by the Result formatter (summary and images)
+        self.shell.user_ns[options.target] = result  # type: ignore[union-attr]
+        _display(result)
+        return None
+
+    def _workflow(self, options: CellOptions, cell: str) -> Workflow:
+        body = cell or ""
+        if options.file and body.strip():
+            raise UsageError("%%comfy: give the workflow either in the cell or with -f FILE, not both")
+        if options.file:
+            workflow = load_workflow(Path(options.file).expanduser())
+        elif body.strip():
+            # A leading newline makes JSON line numbers match the cell's (line 1 is the %%comfy line).
+            workflow = parse_workflow("\n" + body, origin="the workflow in this cell")
+        else:
+            raise UsageError("%%comfy: the cell is empty: put an API-format workflow (JSON) in it, or use -f FILE")
+        namespace = self.shell.user_ns if self.shell is not None else {}
+        return substitute(workflow, namespace)
+
+    @staticmethod
+    def _wait(task: Task, timeout: float | None) -> Result:
+        """Block until the task is done; a kernel interrupt or the timeout cancels this prompt only."""
+        finished = threading.Event()
+        task.add_done_callback(lambda _task: finished.set())
+        try:
+            if not finished.wait(timeout):
+                task.cancel()
+                raise clean(
+                    TimeoutError(
+                        f"prompt {task.prompt_id} on {task.server} did not finish within {timeout:g} s; "
+                        "it was cancelled"
+                    )
+                ) from None
+        except KeyboardInterrupt:
+            task.cancel()
+            what = "had already finished" if task.status == "success" else "was cancelled"
+            raise clean(
+                Cancelled(
+                    f"interrupted: prompt {task.prompt_id} on {task.server} {what}",
+                    server=task.server,
+                    prompt_id=task.prompt_id,
+                )
+            ) from None
+        try:
+            return task.result(0)
+        except ComfyError as exc:
+            raise clean(exc) from None

@@ -1,0 +1,283 @@
+"""Text and HTML renderings of status dicts, tasks, results and errors: pure functions, no widgets, no I/O.
+
+The widgets (panel, progress) display these strings live; terminal IPython, nbconvert and GitHub's viewer see the
+same strings as static ``text/plain`` / ``text/html``. Everything shown goes through ``html.escape`` and URLs
+through ``public_url`` so neither markup from a server nor credentials can reach the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from comfy_notebook.core.errors import ComfyError, ExecutionError, ValidationError, WorkflowError
+
+if TYPE_CHECKING:
+    from comfy_notebook.engine.task import Result, Task
+
+#: ``scheme://user:pass@`` -> ``scheme://``: belt and braces, the engine never hands out credentials.
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
+#: ``?token=...`` and friends in any URL-looking text.
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:token|key|api_key|apikey|access_token|password|auth)=)[^&\s]*")
+
+MAX_INLINE_IMAGES = 16
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def scrub(text: str) -> str:
+    """Remove URL userinfo and secret-looking query values from free text (errors, server names)."""
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1", text))
+
+
+def public_url(url: object) -> str:
+    return "" if url is None else scrub(str(url))
+
+
+def format_duration(seconds: float | None, *, precise: bool = False) -> str:
+    """``4 s``, ``2 min 5 s``, ``1 h 3 min``; ``precise`` gives ``2.31 s`` under a minute."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.2f} s" if precise else f"{int(seconds)} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def first_line(text: str, limit: int = 200) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# -- status (the panel and `%comfy servers`) ---------------------------------------------------------------------------
+def _health(entry: Mapping[str, Any]) -> str:
+    cooldown = entry.get("cooldown_remaining") or 0
+    if entry.get("healthy", True):
+        return "ok"
+    return f"down (retry in {cooldown:.0f} s)" if cooldown else "down"
+
+
+def _locked_line(status: Mapping[str, Any]) -> str:
+    locked = status.get("locked_server")
+    return f"locked: {public_url(locked)}" if locked else "locked: none"
+
+
+def _lock_age(status: Mapping[str, Any]) -> str:
+    return format_duration(status.get("lock_duration")) if status.get("locked_server") else "-"
+
+
+def status_text(status: Mapping[str, Any]) -> str:
+    """The status as plain text: summary lines, then one line per server."""
+    lines = [
+        f"comfy-notebook  {_locked_line(status)}  (lock age {_lock_age(status)})",
+        f"  connected: {'yes' if status.get('is_connected') else 'no'}  "
+        f"connection: {status.get('connection_state', '?')}  pending tasks: {status.get('pending_tasks_count', 0)}",
+    ]
+    servers: Sequence[Mapping[str, Any]] = status.get("servers") or ()
+    if not servers:
+        lines.append("  no servers: %comfy servers URL ... (or COMFY_SERVERS)")
+    for entry in servers:
+        mark = "*" if entry.get("locked") else " "
+        error = f"  last error: {scrub(str(entry['last_error']))}" if entry.get("last_error") else ""
+        lines.append(
+            f" {mark}{public_url(entry.get('url'))}  {_health(entry)}  queue {entry.get('queue_remaining', 0)}  "
+            f"in flight {entry.get('in_flight', 0)}  {entry.get('connection_state', '?')}{error}"
+        )
+    return "\n".join(lines)
+
+
+def status_html(status: Mapping[str, Any]) -> str:
+    """The status as HTML for the panel; stable for equal input so the panel can skip unchanged writes."""
+    connected = "yes" if status.get("is_connected") else "no"
+    summary = (
+        f'<div class="comfy-status-summary">'
+        f'<b class="comfy-locked">{esc(_locked_line(status))}</b>'
+        f' &middot; <span class="comfy-lock-age">lock age: {esc(_lock_age(status))}</span>'
+        f' &middot; <span class="comfy-connected">connected: {connected}</span>'
+        f' &middot; <span class="comfy-connection">connection: {esc(status.get("connection_state", "?"))}</span>'
+        f' &middot; <span class="comfy-pending">pending tasks: {esc(status.get("pending_tasks_count", 0))}</span>'
+        f"</div>"
+    )
+    servers: Sequence[Mapping[str, Any]] = status.get("servers") or ()
+    if not servers:
+        return summary + '<div class="comfy-no-servers">no servers: <code>%comfy servers URL ...</code></div>'
+    head = "".join(f"<th>{h}</th>" for h in ("server", "health", "queue", "in flight", "connection", "last error"))
+    rows = []
+    for entry in servers:
+        locked = entry.get("locked")
+        cells = (
+            public_url(entry.get("url")) + (" (locked)" if locked else ""),
+            _health(entry),
+            entry.get("queue_remaining", 0),
+            entry.get("in_flight", 0),
+            entry.get("connection_state", "?"),
+            scrub(str(entry.get("last_error") or "")),
+        )
+        css = "comfy-server-row comfy-server-locked" if locked else "comfy-server-row"
+        rows.append(f'<tr class="{css}">' + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+    table = f'<table class="comfy-status-servers"><tr>{head}</tr>{"".join(rows)}</table>'
+    return summary + table
+
+
+def servers_text(status: Mapping[str, Any]) -> str:
+    servers: Sequence[Mapping[str, Any]] = status.get("servers") or ()
+    if not servers:
+        return "no servers configured: %comfy servers URL ... (or set COMFY_SERVERS)"
+    lines = [f"servers ({len(servers)}):"]
+    for entry in servers:
+        lines.append(f"  {public_url(entry.get('url'))}{'  (locked)' if entry.get('locked') else ''}")
+    return "\n".join(lines)
+
+
+def reset_outcome(before: Mapping[str, Any], after: Mapping[str, Any], *, now: float | None = None) -> str:
+    """``reset: lock cleared (was URL), 2 tasks cancelled (12:03:04)``: what the manual reset changed."""
+    locked = before.get("locked_server")
+    lock = f"lock cleared (was {public_url(locked)})" if locked else "no lock was held"
+    if after.get("locked_server"):  # cannot happen with the engine's reset, but never claim what is not true
+        lock = f"lock still held by {public_url(after['locked_server'])}"
+    count = int(before.get("pending_tasks_count") or 0)
+    stamp = time.strftime("%H:%M:%S", time.localtime(now))
+    return f"reset: {lock}, {count} task{'s' if count != 1 else ''} cancelled ({stamp})"
+
+
+# -- tasks ------------------------------------------------------------------------------------------------------------
+def _task_parts(task: Task, *, precise: bool) -> list[tuple[str, str]]:
+    """(css class, text) pieces of a one-line task summary."""
+    parts = [(f"comfy-state comfy-state-{task.status}", task.status)]
+    if task.server:
+        parts.append(("comfy-server", f"server: {public_url(task.server)}"))
+    if task.status in ("pending", "queued") and task.queue_position is not None:
+        parts.append(("comfy-queue", f"queue: {task.queue_position} ahead"))
+    if task.status == "running" and task.node is not None:
+        parts.append(("comfy-node", f"node: {task.node_class or '?'} (#{task.node})"))
+        if task.progress is not None and task.progress.max > 0:
+            parts.append(("comfy-steps", f"step {task.progress.value}/{task.progress.max}"))
+    if task.error is not None and task.status != "success":
+        parts.append(("comfy-error", first_line(scrub(str(task.error)))))
+    parts.append(("comfy-elapsed", f"elapsed: {format_duration(task.elapsed, precise=precise)}"))
+    return parts
+
+
+def task_text(task: Task) -> str:
+    done = task.done()
+    return f"comfy prompt {task.prompt_id}: " + " | ".join(text for _, text in _task_parts(task, precise=done))
+
+
+def task_html(task: Task) -> str:
+    """The progress widget's text line (and a Task's static HTML)."""
+    spans = (f'<span class="{css}">{esc(text)}</span>' for css, text in _task_parts(task, precise=task.done()))
+    return f'<div class="comfy-task">{" &middot; ".join(spans)}</div>'
+
+
+def bar_style(status: str) -> str:
+    return {"success": "success", "error": "danger", "interrupted": "warning", "cancelled": "warning"}.get(status, "")
+
+
+# -- results ----------------------------------------------------------------------------------------------------------
+def image_mime(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data.startswith(b"GIF8"):
+        return "image/gif"
+    return "image/png"
+
+
+def result_text(result: Result) -> str:
+    lines = [
+        f"comfy prompt {result.prompt_id}: {result.status} on {public_url(result.server)} "
+        f"in {format_duration(result.elapsed, precise=True)}, {len(result.files)} image(s)"
+    ]
+    lines += [f"  {f.ref.subfolder + '/' if f.ref.subfolder else ''}{f.ref.filename}" for f in result.files]
+    return "\n".join(lines)
+
+
+def result_html(result: Result, *, max_images: int = MAX_INLINE_IMAGES) -> str:
+    """Summary plus the images inline (data URIs), so a saved notebook shows the outcome without a kernel."""
+    count = len(result.files)
+    summary = (
+        f'<div class="comfy-result-summary"><b class="comfy-state comfy-state-{esc(result.status)}">'
+        f"{esc(result.status)}</b> &middot; server: {esc(public_url(result.server))} &middot; prompt: "
+        f"<code>{esc(result.prompt_id)}</code> &middot; {count} image{'s' if count != 1 else ''} &middot; "
+        f"{esc(format_duration(result.elapsed, precise=True))}</div>"
+    )
+    images = []
+    for file in result.files[:max_images]:
+        data = base64.b64encode(file.data).decode("ascii")
+        images.append(
+            f'<img src="data:{image_mime(file.data)};base64,{data}" title="{esc(file.ref.filename)}" '
+            f'alt="{esc(file.ref.filename)}" style="max-width:100%;margin:2px"/>'
+        )
+    more = (
+        f'<div class="comfy-result-more">{count - max_images} more: <code>result.images</code></div>'
+        if count > max_images
+        else ""
+    )
+    return f'<div class="comfy-result">{summary}<div class="comfy-result-images">{"".join(images)}</div>{more}</div>'
+
+
+# -- errors -----------------------------------------------------------------------------------------------------------
+def _table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+def validation_table(exc: ValidationError) -> list[str]:
+    rows = [("node", "class", "input", "error")]
+    for node in exc.nodes:
+        if not node.errors:
+            rows.append((node.node_id, node.class_type, "", "invalid"))
+        for err in node.errors:
+            detail = f": {err.details}" if err.details and err.details not in err.message else ""
+            rows.append((node.node_id, node.class_type, err.input_name or "", f"{err.message}{detail}"))
+    return _table(rows) if len(rows) > 1 else []
+
+
+def error_lines(exc: BaseException) -> list[str]:
+    """A user error as a few lines: a ``Name: message`` header, then its details (tables, node, server)."""
+    name = type(exc).__name__
+    message = scrub(str(exc))
+    if isinstance(exc, ValidationError):
+        table = validation_table(exc)
+        header = message.split("\n", 1)[0] if table else message
+        lines = [f"{name}: {header}", *table]
+        if exc.partially_queued:
+            lines.append("  (the server queued the valid part of the workflow)")
+        return lines
+    if isinstance(exc, ExecutionError):
+        node = f"{exc.node_id} ({exc.node_type or '?'})" if exc.node_id is not None else "?"
+        lines = [
+            f"{name}: a node failed on {public_url(exc.server)}",
+            f"  node:      {node}",
+            f"  exception: {exc.exception_type or 'Exception'}: {scrub(exc.exception_message or '')}",
+        ]
+        trace = [scrub(line.strip()) for chunk in exc.traceback for line in chunk.splitlines() if line.strip()]
+        if trace:
+            lines.append("  server traceback (last lines):")
+            lines += [f"    {line}" for line in trace[-3:]]
+        lines.append(f"  prompt:    {exc.prompt_id}")
+        return lines
+    lines = [f"{name}: {message}"]
+    if isinstance(exc, WorkflowError):
+        return lines
+    server = getattr(exc, "server", None) if isinstance(exc, ComfyError) else None
+    if server and public_url(server) not in message:
+        lines.append(f"  server: {public_url(server)}")
+    return lines
+
+
+def error_text(exc: BaseException) -> str:
+    return "\n".join(error_lines(exc))

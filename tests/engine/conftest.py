@@ -1,0 +1,55 @@
+"""Engine fixtures: fake ComfyUI servers for fault injection and an engine with short timeouts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from comfy_notebook.engine.connection import SocketOptions
+from comfy_notebook.engine.engine import Engine, EngineOptions
+from tests.fakes.fake_comfy import FakeComfy
+
+FAST = EngineOptions(
+    socket=SocketOptions(ping_interval=0.5, ping_timeout=1.0, close_timeout=0.5, open_timeout=2.0),
+    http_timeout=3.0,
+    connect_timeout=2.0,
+    reconnect_window=2.0,
+    silence_check=3.0,
+)
+
+
+def workflow(tag: int = 0, *, steps: int = 2, step_delay: float = 0.0, output: str = "SaveImage") -> dict:
+    """EmptyImage -> SlowSteps -> output; ``tag`` makes each graph distinct."""
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": tag}},
+        "2": {"class_type": "SlowSteps", "inputs": {"image": ["1", 0], "steps": steps, "step_seconds": step_delay}},
+        "3": {"class_type": output, "inputs": {"images": ["2", 0], "filename_prefix": "t"}},
+    }
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeComfy]:
+    server = FakeComfy()
+    server.start()
+    yield server
+    if server.frozen:
+        server.thaw()
+    server.stop()
+
+
+@pytest.fixture
+def fake2() -> Iterator[FakeComfy]:
+    server = FakeComfy()
+    server.start()
+    yield server
+    if server.frozen:
+        server.thaw()
+    server.stop()
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    eng = Engine((), FAST)
+    yield eng
+    eng.close()
