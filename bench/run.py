@@ -25,10 +25,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from floor import run_sequential  # noqa: E402
-
-import comfy_notebook as cn  # noqa: E402
-
+import comfy_notebook as cn
+from floor import run_sequential
 
 PREFIX = f"run-{uuid.uuid4().hex[:8]}"
 
@@ -148,10 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     pool = None
     url = args.server
     if url is None:
-        from comfy_notebook.tools.local_pool import LocalPool
+        from comfy_notebook.tools.local_pool import LocalPool, find_free_base_port
 
         pool = LocalPool(state_dir=Path(tempfile.mkdtemp(prefix="comfy-bench-")))
-        url = pool.start(1, base_port=18390)[0]
+        url = pool.start(1, base_port=find_free_base_port(1))[0]
     try:
         latency = bench_latency(url, args.latency_n)
         print(
@@ -170,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps({"latency": latency, "throughput": throughput}, indent=2))
     finally:
         if pool is not None:
-            pool.stop_all()
+            pool.down()
     return 0
 
 

@@ -9,6 +9,7 @@ import pytest
 from comfy_notebook.engine.connection import SocketOptions
 from comfy_notebook.engine.engine import Engine, EngineOptions
 from tests.fakes.fake_comfy import FakeComfy
+from tests.workflows import slow_workflow
 
 FAST = EngineOptions(
     socket=SocketOptions(ping_interval=0.5, ping_timeout=1.0, close_timeout=0.5, open_timeout=2.0),
@@ -20,12 +21,7 @@ FAST = EngineOptions(
 
 
 def workflow(tag: int = 0, *, steps: int = 2, step_delay: float = 0.0, output: str = "SaveImage") -> dict:
-    """EmptyImage -> SlowSteps -> output; ``tag`` makes each graph distinct."""
-    return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": tag}},
-        "2": {"class_type": "SlowSteps", "inputs": {"image": ["1", 0], "steps": steps, "step_seconds": step_delay}},
-        "3": {"class_type": output, "inputs": {"images": ["2", 0], "filename_prefix": "t"}},
-    }
+    return slow_workflow(tag, steps=steps, step_seconds=step_delay, output=output)
 
 
 @pytest.fixture

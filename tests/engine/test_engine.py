@@ -20,6 +20,7 @@ from comfy_notebook.engine.connection import SocketOptions
 from comfy_notebook.engine.engine import Engine
 from tests.engine.conftest import FAST, workflow
 from tests.fakes.fake_comfy import FakeComfy, wait_until
+from tests.workflows import raising_workflow
 
 
 def status_of(engine: Engine, url: str) -> dict:
@@ -307,12 +308,11 @@ def test_a_200_with_node_errors_is_an_error_and_the_queued_rest_is_dropped(engin
 
 def test_a_node_exception_names_the_node_and_keeps_the_partial_result(engine: Engine, fake: FakeComfy) -> None:
     engine.set_servers([fake.url])
-    bad = workflow()
-    bad["2"] = {"class_type": "Raise", "inputs": {"image": ["1", 0], "message": "boom at step 3"}}
+    bad = raising_workflow("boom at step 3")
     with pytest.raises(ExecutionError) as info:
         engine.run(bad, timeout=10)
     err = info.value
-    assert err.node_id == "2" and err.node_type == "Raise" and "boom at step 3" in str(err)
+    assert err.node_id == "2" and err.node_type == "RaiseError" and "boom at step 3" in str(err)
     assert err.result is not None and err.result.status == "error"
 
 
@@ -355,5 +355,5 @@ def test_progress_and_previews_reach_the_task(engine: Engine, fake: FakeComfy) -
         if task.progress is not None:
             seen.add(task.progress.value)
     assert task.result(1).status == "success"
-    assert len(seen) >= 2 and task.node_class is not None or task.node is None
+    assert (len(seen) >= 2 and task.node_class is not None) or task.node is None
     assert task.preview is not None and task.preview[0].startswith("image/")

@@ -19,6 +19,7 @@ REAL_POOL_SIZE = 3
 _PORT_ATTEMPTS = 5
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselection looks at the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test in this folder ``real`` (this hook sees all items, so filter by path)."""
     here = Path(__file__).resolve().parent

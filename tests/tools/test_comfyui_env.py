@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,33 @@ def test_failed_step_raises_with_the_log_tail(tmp_path: Path) -> None:
         comfyui_env._run(
             [sys.executable, "-c", "import sys; print('boom-marker'); sys.exit(3)"], build_log, "failing step"
         )
+
+
+def test_concurrent_builders_build_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second caller waits on the file lock, then reuses the env the first one finished."""
+    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path))
+    entered = threading.Event()
+    release = threading.Event()
+    builds: list[Path] = []
+
+    def fake_build(root: Path, requirements: str, build_log: Path) -> None:
+        builds.append(root)
+        entered.set()
+        assert release.wait(timeout=30)
+        root.mkdir(parents=True)
+
+    monkeypatch.setattr(comfyui_env, "_build", fake_build)
+    results: list[comfyui_env.ComfyEnv] = []
+    first = threading.Thread(target=lambda: results.append(comfyui_env.ensure_env()))
+    first.start()
+    assert entered.wait(timeout=30)
+    second = threading.Thread(target=lambda: results.append(comfyui_env.ensure_env()))
+    second.start()
+    second.join(timeout=0.5)
+    assert second.is_alive(), "the second builder must wait for the lock, not build alongside"
+    release.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    assert len(builds) == 1
+    assert len(results) == 2 and results[0] == results[1]
+    assert (results[0].root / comfyui_env.MARKER_NAME).is_file()

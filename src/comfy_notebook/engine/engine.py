@@ -154,7 +154,12 @@ class Engine:
                 await asyncio.sleep(interval)
 
         future = self._thread.submit(tick())
-        return lambda: self._thread.loop.call_soon_threadsafe(future.cancel) if self._thread.alive else None
+
+        def cancel() -> None:
+            if self._thread.alive:
+                self._thread.loop.call_soon_threadsafe(future.cancel)
+
+        return cancel
 
     def close(self) -> None:
         """Stop the loop thread; pending tasks end with ``Cancelled``. The engine cannot be used afterwards."""
@@ -499,7 +504,7 @@ class Engine:
                     flight.done.set_result(None)
             else:
                 conn.running = prompt_id
-                task._update(status=RUNNING, node=event.node, progress=None, queue_position=0)
+                task._update(status=RUNNING, node=event.node, queue_position=0)
         elif isinstance(event, wire.Progress):
             task._update(progress=Progress(event.value, event.max, event.node))
         elif isinstance(event, wire.Preview):

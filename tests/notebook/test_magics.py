@@ -1,0 +1,415 @@
+"""``%comfy`` and ``%%comfy`` in an in-process IPython shell against fake ComfyUI servers: options, usage errors,
+config, substitution, clean error rendering, progress widgets, targets, --no-wait, interrupts, reload hygiene."""
+
+from __future__ import annotations
+
+import _thread
+import json
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+from traitlets.config import Config
+
+from comfy_notebook import api
+from comfy_notebook.core.errors import Cancelled, ExecutionError, ServerUnavailable, ValidationError, WorkflowError
+from comfy_notebook.engine.task import Result, Task
+from comfy_notebook.notebook import extension
+from comfy_notebook.notebook.magics import HELP, CellOptions, parse_cell_line
+from comfy_notebook.notebook.progress import CSS_BOX
+from tests.fakes.fake_comfy import FakeComfy, wait_until
+from tests.notebook.conftest import WORKFLOW, engine_threads, magics_of, make_shell
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def cell(ip: InteractiveShell, line: str, body: str = WORKFLOW):
+    """Run ``%%comfy line`` as a cell (errors are rendered, not raised) and return IPython's ExecutionResult."""
+    return ip.run_cell(f"%%comfy {line}\n{body}")
+
+
+def graph(**inputs: object) -> str:
+    return json.dumps({
+        "1": {"class_type": "EmptyImage", "inputs": inputs},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},
+    })  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- option parsing ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("", CellOptions()),
+        ("result <<", CellOptions(target="result")),
+        ("result<< --no-wait", CellOptions(target="result", no_wait=True)),
+        (
+            "r << -f 'my flow.json' --server http://h:1 --timeout 2.5",
+            CellOptions("r", "my flow.json", "http://h:1", 2.5),
+        ),
+        ("--no-wait --timeout 3", CellOptions(timeout=3.0, no_wait=True)),
+    ],
+)
+def test_cell_line_options(line: str, expected: CellOptions) -> None:
+    assert parse_cell_line(line) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--bogus", "unrecognized arguments: --bogus"),
+        ("--timeout soon", "not a number"),
+        ("--timeout -1", "must be positive"),
+        ("1x <<", "not a valid variable name"),
+        ("class <<", "not a valid variable name"),
+        ("--no-wait r <<", "the target goes first"),
+        ("-f 'unclosed", "No closing quotation"),
+        ("extra", "unrecognized arguments: extra"),
+    ],
+)
+def test_bad_cell_lines_are_one_line_usage_errors(line: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as info:
+        parse_cell_line(line)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("", "needs a command"),
+        ("bogus", "unknown %comfy command 'bogus'"),
+        ("lock", "usage: %comfy lock URL"),
+        ("status now", "takes no arguments"),
+        ("reset all", "takes no arguments"),
+        ("servers not a url://", "not a ComfyUI server URL"),
+    ],
+)
+def test_bad_line_magic_usage(loaded: InteractiveShell, line: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as info:
+        loaded.run_line_magic("comfy", line)
+    assert "\n" not in str(info.value)
+
+
+def test_usage_error_in_a_cell_fails_the_cell_with_one_line(loaded: InteractiveShell, capsys) -> None:
+    outcome = cell(loaded, "--bogus")
+    assert not outcome.success and isinstance(outcome.error_in_exec, UsageError)
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+
+
+def test_help(loaded: InteractiveShell, capsys) -> None:
+    loaded.run_line_magic("comfy", "help")
+    assert capsys.readouterr().out.strip() == HELP.strip()
+
+
+# -- servers, config, lock, reset ---------------------------------------------------------------------------------------
+def test_servers_sets_the_pool_and_shows_it(
+    loaded: InteractiveShell, fake: FakeComfy, fake2: FakeComfy, capsys
+) -> None:
+    loaded.run_line_magic("comfy", f"servers {fake.url} {fake2.url}")
+    assert [s["url"] for s in api.get_status()["servers"]] == [fake.url, fake2.url]
+    capsys.readouterr()
+    loaded.run_line_magic("comfy", "servers")
+    assert capsys.readouterr().out.splitlines() == ["servers (2):", f"  {fake.url}", f"  {fake2.url}"]
+
+
+def test_servers_output_hides_credentials(loaded: InteractiveShell, fake: FakeComfy, capsys) -> None:
+    loaded.run_line_magic("comfy", "servers " + fake.url.replace("http://", "http://alice:s3cret@"))
+    out = capsys.readouterr().out
+    assert fake.url in out and "s3cret" not in out and "alice" not in out
+
+
+def test_config_magic_sets_the_pool(loaded: InteractiveShell, fake2: FakeComfy) -> None:
+    loaded.run_line_magic("config", f"ComfyMagics.servers = [{fake2.url!r}]")
+    assert [s["url"] for s in api.get_status()["servers"]] == [fake2.url]
+
+
+def test_ipython_config_servers_apply_at_load(fake: FakeComfy) -> None:
+    cfg = Config()
+    cfg.ComfyMagics.servers = [fake.url]
+    ip = make_shell(cfg)
+    try:
+        ip.run_line_magic("load_ext", "comfy_notebook")
+        assert [s["url"] for s in api.get_status()["servers"]] == [fake.url]
+    finally:
+        extension.unload(ip)
+        InteractiveShell.clear_instance()
+
+
+def test_comfy_servers_environment_variable(
+    shell: InteractiveShell, fake: FakeComfy, fake2: FakeComfy, monkeypatch
+) -> None:
+    monkeypatch.setenv("COMFY_SERVERS", f"{fake.url}, {fake2.url}")
+    shell.run_line_magic("load_ext", "comfy_notebook")
+    assert [s["url"] for s in api.get_status()["servers"]] == [fake.url, fake2.url]
+
+
+def test_lock_pins_the_lock_and_reset_clears_it(
+    loaded: InteractiveShell, fake: FakeComfy, fake2: FakeComfy, capsys
+) -> None:
+    loaded.run_line_magic("comfy", f"servers {fake.url} {fake2.url}")
+    loaded.run_line_magic("comfy", f"lock {fake2.url}")
+    assert capsys.readouterr().out.strip().endswith(f"locked: {fake2.url}")
+    assert api.get_status()["locked_server"] == fake2.url
+    loaded.run_line_magic("comfy", "reset")
+    assert capsys.readouterr().out.startswith(f"reset: lock cleared (was {fake2.url}), 0 tasks cancelled")
+    assert api.get_status()["locked_server"] is None
+
+
+def test_lock_on_a_server_outside_the_pool_is_a_usage_error(loaded: InteractiveShell, fake2: FakeComfy) -> None:
+    with pytest.raises(UsageError, match="not in the server pool"):
+        loaded.run_line_magic("comfy", f"lock {fake2.url}")
+
+
+# -- the status panel -------------------------------------------------------------------------------------------------
+def test_status_displays_the_one_panel(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    with capture_output() as captured:
+        loaded.run_line_magic("comfy", "status")
+        loaded.run_line_magic("comfy", "status")
+    panel = magics_of(loaded).panel
+    assert panel is not None
+    ids = [out.data[WIDGET_MIME]["model_id"] for out in captured.outputs]
+    assert ids == [panel.box.model_id, panel.box.model_id]
+    assert "locked: none" in captured.outputs[0].data["text/html"]
+
+
+def test_status_without_widgets_is_static(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    loaded.run_line_magic("config", "ComfyMagics.widgets = 'off'")
+    with capture_output() as captured:
+        loaded.run_line_magic("comfy", "status")
+    (out,) = captured.outputs
+    assert WIDGET_MIME not in out.data and "locked: none" in out.data["text/html"]
+    assert magics_of(loaded).panel is None
+
+
+# -- running workflows ------------------------------------------------------------------------------------------------
+def test_target_stores_the_result_and_the_summary_is_displayed_once(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    with capture_output() as captured:
+        outcome = cell(loaded, "result <<")
+    assert outcome.success and outcome.result is None
+    result = loaded.user_ns["result"]
+    assert isinstance(result, Result) and result.status == "success" and result.server == fake.url
+    assert result.prompt_id in fake.history_ids and len(result.files) == 1
+    widget_out, summary = captured.outputs
+    assert WIDGET_MIME in widget_out.data
+    assert '<img src="data:image/png;base64,' in summary.data["text/html"]
+    assert summary.data["text/plain"].startswith(f"comfy prompt {result.prompt_id}: success on {fake.url}")
+
+
+def test_without_target_the_result_is_the_cell_value(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    with capture_output() as captured:
+        outcome = cell(loaded, "")
+    assert outcome.success and isinstance(outcome.result, Result)
+    assert len(captured.outputs) == 1  # only the progress widget; the result is displayed as Out[n], once
+    html = loaded.display_formatter.format(outcome.result)[0]["text/html"]
+    assert "<img " in html
+
+
+def test_progress_widget_ends_full_with_server_and_preview(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    fake.preview = True
+    fake.steps = 3
+    assert cell(loaded, "r <<").success
+    (widget,) = magics_of(loaded).progress_widgets
+    assert CSS_BOX in widget.box._dom_classes
+    assert widget.bar.value == widget.bar.max and widget.bar.bar_style == "success"
+    assert "success" in widget.text.value and f"server: {fake.url}" in widget.text.value
+    assert widget.preview.value and widget.preview.layout.display == ""
+
+
+def test_no_wait_returns_the_task_and_its_widget_keeps_updating(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    fake.steps, fake.step_delay = 4, 0.1
+    with capture_output() as captured:
+        outcome = cell(loaded, "--no-wait", graph(width=8))
+    task = outcome.result
+    assert isinstance(task, Task)
+    assert captured.outputs == []  # the task is the cell value: Out[n] (the display hook) shows the live widget
+    (widget,) = magics_of(loaded).progress_widgets
+    assert widget.task is task
+    wait_until(lambda: "node: EmptyImage (#1)" in widget.text.value and widget.bar.value >= 1, timeout=10)
+    assert widget.bar.max == 4
+    task.result(10)
+    wait_until(lambda: widget.bar.bar_style == "success", timeout=5)
+
+
+def test_no_wait_with_target_stores_the_task(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    with capture_output() as captured:
+        outcome = cell(loaded, "t << --no-wait")
+    assert outcome.success and outcome.result is None
+    task = loaded.user_ns["t"]
+    assert isinstance(task, Task)
+    (out,) = captured.outputs
+    assert WIDGET_MIME in out.data
+    assert task.result(10).status == "success"
+
+
+def test_queue_position_is_shown_while_waiting(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    fake.hold()
+    task = cell(loaded, "--no-wait").result
+    (widget,) = magics_of(loaded).progress_widgets
+    wait_until(lambda: "queue: 0 ahead" in widget.text.value, timeout=10)
+    fake.release()
+    task.result(10)
+
+
+def test_server_option_runs_on_that_server(loaded: InteractiveShell, fake: FakeComfy, fake2: FakeComfy) -> None:
+    loaded.run_line_magic("comfy", f"servers {fake.url} {fake2.url}")
+    assert cell(loaded, f"r << --server {fake2.url}").success
+    assert loaded.user_ns["r"].server == fake2.url and loaded.user_ns["r"].prompt_id in fake2.history_ids
+
+
+def test_file_option(loaded: InteractiveShell, fake: FakeComfy, tmp_path: Path) -> None:
+    path = tmp_path / "flow.json"
+    path.write_text(WORKFLOW)
+    assert cell(loaded, f"r << -f {path}", "").success
+    assert loaded.user_ns["r"].status == "success"
+
+
+@pytest.mark.parametrize(
+    ("line", "body", "message"),
+    [("", "   \n", "the cell is empty"), ("-f x.json", WORKFLOW, "either in the cell or with -f FILE")],
+)
+def test_missing_or_double_workflow(loaded: InteractiveShell, line: str, body: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        loaded.run_cell_magic("comfy", line, body)
+
+
+# -- variables --------------------------------------------------------------------------------------------------------
+def test_variables_are_substituted_by_name(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    loaded.user_ns["width"] = 16
+    loaded.user_ns["tag"] = "ignored"
+    assert cell(loaded, "r <<", graph(width="$width", label="$$tag", note="a $5 bill")).success
+    sent = fake.history(loaded.user_ns["r"].prompt_id)["prompt"][2]["1"]["inputs"]
+    assert sent == {"width": 16, "label": "$tag", "note": "a $5 bill"}
+
+
+def test_unknown_variable_fails_the_cell_cleanly(loaded: InteractiveShell, fake: FakeComfy, capsys) -> None:
+    outcome = cell(loaded, "r <<", graph(seed="$missing_seed"))
+    assert not outcome.success and isinstance(outcome.error_in_exec, WorkflowError)
+    out = capsys.readouterr().out
+    assert "$missing_seed" in out and "Traceback" not in out
+    assert "r" not in loaded.user_ns and fake.posted_prompt_ids == []
+
+
+def test_line_is_not_variable_expanded(loaded: InteractiveShell) -> None:
+    loaded.user_ns["name"] = "oops"
+    with pytest.raises(UsageError, match=r"'\$name' is not a valid variable name"):
+        loaded.run_cell_magic("comfy", "$name <<", WORKFLOW)
+
+
+# -- clean errors -----------------------------------------------------------------------------------------------------
+def test_malformed_json_names_line_and_column(loaded: InteractiveShell, capsys) -> None:
+    outcome = cell(loaded, "", '{\n  "1": {"class_type": "EmptyImage"}\n  "2": {}\n}')
+    error = outcome.error_in_exec
+    assert isinstance(error, WorkflowError) and (error.line, error.column) == (4, 3)  # cell lines: %%comfy is 1
+    out = capsys.readouterr().out
+    assert "line 4, column 3" in out and "Traceback" not in out
+
+
+def test_ui_format_workflow_is_refused_with_a_hint(loaded: InteractiveShell, capsys) -> None:
+    outcome = cell(loaded, "", json.dumps({"nodes": [], "links": [], "version": 0.4}))
+    assert isinstance(outcome.error_in_exec, WorkflowError)
+    assert "Export (API)" in capsys.readouterr().out
+
+
+def test_validation_error_shows_a_node_table(loaded: InteractiveShell, fake: FakeComfy, capsys) -> None:
+    body = json.dumps(
+        {"1": {"class_type": "Invalid", "inputs": {}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
+    )
+    outcome = cell(loaded, "", body)
+    assert isinstance(outcome.error_in_exec, ValidationError) and not outcome.success
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split() == ["node", "class", "input", "error"])
+    assert lines[header + 1].split()[:2] == ["1", "Invalid"]
+
+
+def test_node_exception_shows_node_and_message(loaded: InteractiveShell, fake: FakeComfy, capsys) -> None:
+    body = json.dumps({"1": {"class_type": "Raise", "inputs": {"message": "no GPU today"}},
+                       "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}})  # fmt: skip
+    outcome = cell(loaded, "r <<", body)
+    assert isinstance(outcome.error_in_exec, ExecutionError) and "r" not in loaded.user_ns
+    out = capsys.readouterr().out
+    assert "node:      1 (Raise)" in out and "RuntimeError: no GPU today" in out
+    assert "Traceback (most recent call last)" not in out
+    (widget,) = magics_of(loaded).progress_widgets
+    assert widget.bar.bar_style == "danger" and "no GPU today" in widget.text.value
+
+
+def test_unreachable_server_is_named(loaded: InteractiveShell, capsys) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    loaded.run_line_magic("comfy", f"servers {dead}")
+    outcome = cell(loaded, "")
+    assert isinstance(outcome.error_in_exec, ServerUnavailable)
+    out = capsys.readouterr().out
+    assert dead in out and "Traceback" not in out
+
+
+def test_timeout_cancels_the_prompt(loaded: InteractiveShell, fake: FakeComfy, capsys) -> None:
+    fake.steps, fake.step_delay = 50, 0.1
+    outcome = cell(loaded, "--timeout 0.5")
+    assert isinstance(outcome.error_in_exec, TimeoutError)
+    assert "did not finish within 0.5 s; it was cancelled" in capsys.readouterr().out
+    (prompt_id,) = fake.posted_prompt_ids
+    assert prompt_id in fake.interrupt_requests
+
+
+def test_kernel_interrupt_cancels_only_this_prompt(loaded: InteractiveShell, fake: FakeComfy, capsys) -> None:
+    fake.hold()  # the prompt stays queued, so the cell blocks until the interrupt
+    interrupter = threading.Thread(
+        target=lambda: (wait_until(lambda: bool(fake.pending_prompt_ids), timeout=10), _thread.interrupt_main())
+    )
+    interrupter.start()
+    outcome = cell(loaded, "r <<")
+    interrupter.join()
+    assert isinstance(outcome.error_in_exec, Cancelled) and "r" not in loaded.user_ns
+    (prompt_id,) = fake.posted_prompt_ids
+    assert fake.deleted_from_queue == [prompt_id]  # targeted delete, no global interrupt
+    assert fake.interrupt_requests == []
+    out = capsys.readouterr().out
+    assert f"interrupted: prompt {prompt_id} on {fake.url} was cancelled" in out and "Traceback" not in out
+
+
+# -- lifecycle --------------------------------------------------------------------------------------------------------
+def test_three_reloads_leave_one_engine_thread_and_unload_none(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    loaded.run_line_magic("comfy", "status")
+    first = magics_of(loaded)
+    old_panel = first.panel
+    assert cell(loaded, "r <<").success
+    old_widgets = list(first.progress_widgets)
+    for _ in range(3):
+        loaded.run_line_magic("reload_ext", "comfy_notebook")
+        assert len(engine_threads()) == 1
+    assert old_panel is not None and old_panel.closed and all(w.closed for w in old_widgets)
+    assert magics_of(loaded) is not first and magics_of(loaded).panel is None
+    assert [s["url"] for s in api.get_status()["servers"]] == [fake.url]  # the pool survives a reload
+    loaded.run_line_magic("comfy", "status")
+    assert magics_of(loaded).panel is not old_panel
+    loaded.run_line_magic("unload_ext", "comfy_notebook")
+    wait_until(lambda: not engine_threads(), timeout=5)
+    manager = loaded.magics_manager
+    assert "comfy" not in manager.magics["line"] and "comfy" not in manager.magics["cell"]
+    assert "ComfyMagics" not in manager.registry
+    assert not any(type(c).__name__ == "ComfyMagics" for c in loaded.configurables)
+    formatters = loaded.display_formatter
+    assert Task not in formatters.formatters["text/plain"].type_printers
+    assert Result not in formatters.formatters["text/html"].type_printers
+    assert Task not in formatters.mimebundle_formatter.type_printers
+
+
+def test_unload_closes_widgets_and_running_widgets_stop(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    fake.hold()
+    task = cell(loaded, "--no-wait").result
+    loaded.run_line_magic("comfy", "status")
+    magics = magics_of(loaded)
+    widgets = [*magics.progress_widgets, magics.panel]
+    loaded.run_line_magic("unload_ext", "comfy_notebook")
+    assert all(w is not None and w.closed for w in widgets)
+    assert task.status == "cancelled" and not engine_threads()

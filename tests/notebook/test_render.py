@@ -1,0 +1,217 @@
+"""The pure renderings: status, reset outcome, tasks, results and errors (no widgets, no I/O)."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from comfy_notebook.core.errors import (
+    ExecutionError,
+    InputError,
+    NodeError,
+    ServerUnavailable,
+    ValidationError,
+    WorkflowError,
+)
+from comfy_notebook.core.protocol import ImageRef
+from comfy_notebook.engine.task import ImageFile, Progress, Result, Task
+from comfy_notebook.notebook import render
+
+A, B = "http://10.0.0.1:8188", "http://10.0.0.2:8188"
+
+
+def status(locked: str | None = A, **extra: object) -> dict:
+    base = {
+        "is_connected": locked is not None,
+        "locked_server": locked,
+        "lock_timestamp": 1000.0 if locked else None,
+        "lock_duration": 125.0 if locked else None,
+        "pending_tasks_count": 2,
+        "connection_state": "OPEN" if locked else "CLOSED",
+        "servers": [
+            {"url": A, "healthy": True, "queue_remaining": 3, "in_flight": 2, "last_error": None,
+             "cooldown_remaining": 0.0, "connection_state": "OPEN", "locked": locked == A},
+            {"url": B, "healthy": False, "queue_remaining": 0, "in_flight": 0,
+             "last_error": "connect failed: <refused>", "cooldown_remaining": 4.0, "connection_state": "CLOSED",
+             "locked": locked == B},
+        ],
+    }  # fmt: skip
+    base.update(extra)
+    return base
+
+
+def png(color: int = 0) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), (color, 0, 0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_task(**fields: object) -> Task:
+    workflow = {"1": {"class_type": "EmptyImage", "inputs": {}}, "2": {"class_type": "KSampler", "inputs": {}}}
+    task = Task("p-1", workflow, lambda _t: None)
+    for key, value in fields.items():
+        setattr(task, key, value)
+    return task
+
+
+def make_result(n: int = 2) -> Result:
+    files = [ImageFile(ImageRef(f"out_{i}.png", "sub" if i else "", "output", "9"), png(i)) for i in range(n)]
+    return Result("p-1", A, "success", outputs={}, files=files, elapsed=2.345)
+
+
+# -- status -----------------------------------------------------------------------------------------------------------
+def test_status_html_shows_the_lock_its_age_pending_tasks_and_a_row_per_server() -> None:
+    html = render.status_html(status())
+    assert f"locked: {A}" in html
+    assert "lock age: 2 min 5 s" in html
+    assert "pending tasks: 2" in html
+    assert "connection: OPEN" in html and "connected: yes" in html
+    assert html.count('class="comfy-server-row') == 2
+    assert f"<td>{A} (locked)</td>" in html
+    assert "down (retry in 4 s)" in html
+
+
+def test_status_html_without_a_lock_says_locked_none() -> None:
+    html = render.status_html(status(locked=None))
+    assert "locked: none" in html and "lock age: -" in html and "connected: no" in html
+    assert "(locked)" not in html
+
+
+def test_status_html_escapes_server_text() -> None:
+    html = render.status_html(status())
+    assert "<refused>" not in html and "&lt;refused&gt;" in html
+
+
+def test_status_without_servers_says_how_to_add_them() -> None:
+    empty = status(locked=None, servers=[])
+    assert "%comfy servers" in render.status_html(empty)
+    assert "%comfy servers" in render.status_text(empty)
+
+
+def test_status_text_has_the_same_facts() -> None:
+    text = render.status_text(status())
+    assert f"locked: {A}" in text and "lock age 2 min 5 s" in text and "pending tasks: 2" in text
+    assert f"*{A}" in text and "last error: connect failed" in text
+
+
+def test_credentials_never_reach_the_renderings() -> None:
+    leaky = status(locked="http://alice:s3cret@10.0.0.1:8188")
+    leaky["servers"][0]["url"] = "http://alice:s3cret@10.0.0.1:8188"
+    leaky["servers"][1]["last_error"] = "GET http://bob:hunter2@10.0.0.2:8188/x?token=abc123 failed"
+    for text in (render.status_html(leaky), render.status_text(leaky), render.servers_text(leaky)):
+        for secret in ("s3cret", "hunter2", "abc123", "alice", "bob"):
+            assert secret not in text
+    error = ServerUnavailable("cannot reach http://u:pw-123@h:1/", server="http://u:pw-123@h:1")
+    assert "pw-123" not in render.error_text(error)
+
+
+def test_servers_text_lists_the_pool() -> None:
+    assert render.servers_text(status()).splitlines() == ["servers (2):", f"  {A}  (locked)", f"  {B}"]
+    assert "no servers" in render.servers_text({"servers": []})
+
+
+def test_reset_outcome_says_what_changed() -> None:
+    after = status(locked=None, pending_tasks_count=0)
+    text = render.reset_outcome(status(), after, now=0)
+    assert text.startswith(f"reset: lock cleared (was {A}), 2 tasks cancelled (")
+    idle = status(locked=None, pending_tasks_count=1)
+    assert render.reset_outcome(idle, after).startswith("reset: no lock was held, 1 task cancelled")
+
+
+def test_format_duration() -> None:
+    assert render.format_duration(None) == "-"
+    assert render.format_duration(4.7) == "4 s"
+    assert render.format_duration(4.7, precise=True) == "4.70 s"
+    assert render.format_duration(125) == "2 min 5 s"
+    assert render.format_duration(3 * 3600 + 120) == "3 h 2 min"
+
+
+# -- tasks ------------------------------------------------------------------------------------------------------------
+def test_task_html_while_queued_shows_server_and_queue_position() -> None:
+    html = render.task_html(make_task(status="queued", server=A, queue_position=3))
+    assert "comfy-state-queued" in html and f"server: {A}" in html and "queue: 3 ahead" in html
+
+
+def test_task_html_while_running_shows_the_node_class_and_steps() -> None:
+    task = make_task(status="running", server=A, node="2", progress=Progress(5, 20, "2"))
+    html = render.task_html(task)
+    assert "node: KSampler (#2)" in html and "step 5/20" in html and "queue:" not in html
+    assert "elapsed:" in render.task_text(task)
+
+
+def test_task_html_after_an_error_shows_its_first_line() -> None:
+    task = make_task(status="error", server=A, error=ValueError("boom <b>\nsecond line"))
+    html = render.task_html(task)
+    assert "boom &lt;b&gt;" in html and "second line" not in html
+
+
+def test_bar_style_follows_the_status() -> None:
+    assert render.bar_style("success") == "success"
+    assert render.bar_style("error") == "danger"
+    assert render.bar_style("cancelled") == "warning"
+    assert render.bar_style("running") == ""
+
+
+# -- results ----------------------------------------------------------------------------------------------------------
+def test_result_html_embeds_the_images_and_a_summary() -> None:
+    html = render.result_html(make_result(2))
+    assert html.count('<img src="data:image/png;base64,') == 2
+    assert "success" in html and A in html and "2 images" in html and "2.35 s" in html
+
+
+def test_result_html_caps_inline_images() -> None:
+    html = render.result_html(make_result(3), max_images=1)
+    assert html.count("<img ") == 1 and "2 more" in html
+
+
+def test_result_text_lists_the_files() -> None:
+    text = render.result_text(make_result(2))
+    assert text.splitlines()[1:] == ["  out_0.png", "  sub/out_1.png"]
+
+
+def test_image_mime() -> None:
+    assert render.image_mime(png()) == "image/png"
+    assert render.image_mime(b"\xff\xd8\xff\xe0") == "image/jpeg"
+    assert render.image_mime(b"RIFF\0\0\0\0WEBPVP8 ") == "image/webp"
+
+
+# -- errors -----------------------------------------------------------------------------------------------------------
+def test_validation_error_renders_a_per_node_table() -> None:
+    nodes = (
+        NodeError("3", "KSampler", (InputError("value_smaller_than_min", "Value 0 smaller than min of 1", "", "steps"),)),
+        NodeError("12", "CheckpointLoaderSimple", (InputError("value_not_in_list", "Value not in list", "x.ckpt", "ckpt_name"),)),
+    )  # fmt: skip
+    error = ValidationError(
+        f"{A} refused the workflow: Prompt outputs failed validation\n  node 3 ...", nodes, server=A
+    )
+    lines = render.error_lines(error)
+    assert lines[0] == f"ValidationError: {A} refused the workflow: Prompt outputs failed validation"
+    assert lines[1].split() == ["node", "class", "input", "error"]
+    assert lines[2].split()[:3] == ["3", "KSampler", "steps"] and "smaller than min" in lines[2]
+    assert lines[3].split()[:3] == ["12", "CheckpointLoaderSimple", "ckpt_name"] and "x.ckpt" in lines[3]
+    assert lines[2].index("KSampler") == lines[3].index("CheckpointLoaderSimple")  # aligned columns
+
+
+def test_execution_error_names_the_node_and_its_message() -> None:
+    error = ExecutionError(
+        "node 5 (Raise) raised RuntimeError on ...", server=A, prompt_id="p-9", node_id="5", node_type="Raise",
+        exception_type="RuntimeError", exception_message="it broke",
+        traceback=tuple(f'  File "n.py", line {i}\n' for i in range(10)),
+    )  # fmt: skip
+    text = render.error_text(error)
+    assert text.startswith(f"ExecutionError: a node failed on {A}")
+    assert "node:      5 (Raise)" in text and "exception: RuntimeError: it broke" in text and "p-9" in text
+    assert "line 9" in text and "line 5" not in text  # only the last lines of the server's traceback
+
+
+def test_unreachable_server_is_named() -> None:
+    text = render.error_text(ServerUnavailable("connection refused", server=B))
+    assert text == f"ServerUnavailable: connection refused\n  server: {B}"
+    text = render.error_text(ServerUnavailable(f"cannot open a WebSocket to {B}: refused", server=B))
+    assert text.count(B) == 1
+
+
+def test_workflow_error_keeps_its_line_and_column_message() -> None:
+    error = WorkflowError("cell is not valid JSON: Expecting ',' delimiter at line 3, column 5", line=3, column=5)
+    assert render.error_lines(error) == [f"WorkflowError: {error.message}"]
