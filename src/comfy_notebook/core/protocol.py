@@ -314,7 +314,9 @@ def parse_prompt_response(
         data = json.loads(body) if body else None
     except ValueError:
         data = None
-    if status >= 500 or (status != 200 and not isinstance(data, dict)):
+    # Only ComfyUI's own 200 and 400 carry its JSON; anything else (a proxy's 401/403/502, a 500) is the server's
+    # or the proxy's failure, never a workflow problem.
+    if status not in (200, 400) or (status == 400 and not isinstance(data, dict)):
         text = body.decode("utf-8", "replace") if data is None else json.dumps(data)
         raise ServerUnavailable(
             f"{server} answered POST /prompt with HTTP {status}: {describe(text)}",

@@ -49,6 +49,7 @@ class SocketOptions:
     close_timeout: float = 1.0
     open_timeout: float = 5.0
     max_size: int = 64 * 1024 * 1024
+    max_requests: int = 4  # concurrent HTTP requests per server (cancels and resets bypass this)
 
 
 @dataclass(eq=False)
@@ -92,6 +93,10 @@ class ServerConnection:
         self._reader: asyncio.Task[None] | None = None
         self._open_lock = asyncio.Lock()
         self.recovering = False
+        #: Bounds our concurrent HTTP requests to this server. Measured: hundreds of concurrent requests slow
+        #: ComfyUI (one loop thread and its prompt worker share a GIL) and httpcore's pool alike; 4 at a time
+        #: completed 300 queued prompts about 35% faster than unbounded (see bench/).
+        self.http_slots = asyncio.Semaphore(options.max_requests)
 
     @property
     def state(self) -> ConnectionState:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -302,7 +303,8 @@ class Engine:
         task = flight.task
         body = wire.prompt_body(task.workflow, client_id=conn.client_id, prompt_id=task.prompt_id)
         try:
-            response = await self._http.post(conn.spec.http_url("/prompt"), json=body, headers=conn.spec.headers)
+            async with conn.http_slots:
+                response = await self._http.post(conn.spec.http_url("/prompt"), json=body, headers=conn.spec.headers)
             status, content = response.status_code, response.content
         except httpx.TransportError as exc:
             status, content = 0, conn.redact(describe(exc)).encode()
@@ -399,17 +401,16 @@ class Engine:
         timeout: float | None = None,
         params: dict[str, str] | None = None,
         missing: tuple[int, ...] = (404,),
-    ) -> httpx.Response | None:
-        """GET with a size cap (a hostile server cannot make us buffer gigabytes). None for a ``missing`` status."""
-        url = conn.spec.http_url(path)
+    ) -> bytes | None:
+        """GET a body with a size cap (a hostile server cannot make us buffer gigabytes); None for ``missing``."""
+        request_timeout = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
         try:
-            async with self._http.stream(
-                "GET",
-                url,
-                params=params,
-                headers=conn.spec.headers,
-                timeout=timeout or httpx.USE_CLIENT_DEFAULT,
-            ) as response:
+            async with (
+                conn.http_slots,
+                self._http.stream(
+                    "GET", conn.spec.http_url(path), params=params, headers=conn.spec.headers, timeout=request_timeout
+                ) as response,
+            ):
                 if response.status_code in missing:
                     return None
                 chunks, size = [], 0
@@ -420,23 +421,22 @@ class Engine:
                             f"{conn.server} sent more than {limit} bytes for {path}", server=conn.server
                         )
                     chunks.append(chunk)
-                response._content = b"".join(chunks)
         except httpx.HTTPError as exc:
             raise ServerUnavailable(
                 f"{conn.server} did not answer GET {path}: {conn.redact(describe(exc))}", server=conn.server
             ) from None
+        body = b"".join(chunks)
         if response.status_code >= 400:
-            text = conn.redact(describe(response.content.decode("utf-8", "replace")))
+            text = conn.redact(describe(body.decode("utf-8", "replace")))
             raise ServerUnavailable(
-                f"{conn.server} answered GET {path} with HTTP {response.status_code}: {text}",
-                server=conn.server,
+                f"{conn.server} answered GET {path} with HTTP {response.status_code}: {text}", server=conn.server
             )
-        return response
+        return body
 
     async def _get_json(self, conn: ServerConnection, path: str, timeout: float | None = None) -> Any:
-        response = await self._get(conn, path, limit=self.options.max_history_bytes, timeout=timeout)
+        body = await self._get(conn, path, limit=self.options.max_history_bytes, timeout=timeout)
         try:
-            return None if response is None else response.json()
+            return None if body is None else json.loads(body)
         except ValueError:
             raise ProtocolError(f"{conn.server} sent malformed JSON for {path}", server=conn.server) from None
 
@@ -450,13 +450,12 @@ class Engine:
     async def _view(self, conn: ServerConnection, ref: wire.ImageRef) -> bytes | None:
         params = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
         # 400/403: the server refuses the name (ComfyUI does for ``..``); that loses this file, not the result.
-        response = await self._get(
+        body = await self._get(
             conn, "/view", limit=self.options.max_image_bytes, params=params, missing=(400, 403, 404)
         )
-        if response is None:
+        if body is None:
             log.warning("%s did not serve file %r (type %s)", conn.server, ref.filename, ref.type)
-            return None
-        return response.content
+        return body
 
     async def _drop_on_server(self, conn: ServerConnection, prompt_id: str) -> None:
         """Targeted cancel: delete the prompt from the queue, interrupt it only if it is the one running."""
