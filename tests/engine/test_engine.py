@@ -357,3 +357,18 @@ def test_progress_and_previews_reach_the_task(engine: Engine, fake: FakeComfy) -
     assert task.result(1).status == "success"
     assert (len(seen) >= 2 and task.node_class is not None) or task.node is None
     assert task.preview is not None and task.preview[0].startswith("image/")
+
+
+def test_a_prompt_that_reaches_no_server_leaves_no_record_behind(engine: Engine) -> None:
+    dead = []
+    for _ in range(3):
+        server = FakeComfy()
+        dead.append(server.start())
+        server.stop()
+    engine.set_servers(dead)
+    with pytest.raises(ServerUnavailable):
+        engine.run(workflow(), timeout=10)
+    status = engine.get_status()
+    assert status["pending_tasks_count"] == 0
+    assert all(s["in_flight"] == 0 for s in status["servers"])
+    assert all(s["last_error"] for s in status["servers"])  # it tried every server before giving up

@@ -226,78 +226,71 @@ class Engine:
             spec = record.spec if record is not None and not explicit.headers else explicit
         else:
             spec = self._route(set())
-        self._attach(task, spec)
-        conn = self._connections[spec.url]
-        flight = conn.flights[task.prompt_id]
-        flight.driver = self._spawn(self._drive(flight, conn, explicit is not None))
+        flight = Flight(task, asyncio.get_running_loop().create_future())
+        self._attach(flight, spec)
+        flight.driver = self._spawn(self._drive(flight, explicit is not None))
 
-    def _attach(self, task: Task, spec: ServerSpec) -> Flight:
+    def _attach(self, flight: Flight, spec: ServerSpec) -> ServerConnection:
         """Record prompt -> server affinity before anything is sent."""
         conn = self._connection(spec)
-        flight = Flight(task, asyncio.get_running_loop().create_future())
-        conn.flights[task.prompt_id] = flight
-        task._update(server=spec.url)
+        conn.flights[flight.task.prompt_id] = flight
+        flight.task._update(server=spec.url)
         if spec.url in self.pool.records:
             self.pool.records[spec.url].in_flight += 1
-        return flight
+        return conn
 
-    def _detach(self, flight: Flight, conn: ServerConnection) -> None:
-        if conn.flights.pop(flight.task.prompt_id, None) is not None and conn.server in self.pool.records:
-            record = self.pool.records[conn.server]
-            record.in_flight = max(0, record.in_flight - 1)
-        if not flight.done.done():
-            flight.done.cancel()
+    def _detach(self, flight: Flight) -> None:
+        conn = self._connections.get(flight.task.server or "")
+        if conn is not None and conn.flights.pop(flight.task.prompt_id, None) is not None:
+            record = self.pool.records.get(conn.server)
+            if record is not None:
+                record.in_flight = max(0, record.in_flight - 1)
 
-    async def _drive(self, flight: Flight, conn: ServerConnection, explicit: bool) -> None:
+    async def _drive(self, flight: Flight, explicit: bool) -> None:
         task = flight.task
         try:
-            conn, flight = await self._open_for(flight, conn, explicit)
+            conn = await self._open_for(flight, explicit)
             await self._post(flight, conn)
             entry = await flight.done
-            result = await self._collect(flight, conn, entry)
-            task._finish(result)
+            task._finish(await self._collect(flight, conn, entry))
         except ComfyError as exc:
             task._finish(error=exc)
         except asyncio.CancelledError:
             task._finish(
-                error=Cancelled(f"prompt {task.prompt_id} was cancelled", server=conn.server, prompt_id=task.prompt_id)
+                error=Cancelled(f"prompt {task.prompt_id} was cancelled", server=task.server, prompt_id=task.prompt_id)
             )
         except Exception as exc:
-            log.exception("internal error while running prompt %s on %s", task.prompt_id, conn.server)
+            log.exception("internal error while running prompt %s on %s", task.prompt_id, task.server)
             task._finish(
-                error=ComfyError(
-                    f"internal error: {conn.redact(describe(exc))}",
-                    server=conn.server,
-                    prompt_id=task.prompt_id,
-                )
+                error=ComfyError(f"internal error: {describe(exc)}", server=task.server, prompt_id=task.prompt_id)
             )
         finally:
-            self._detach(flight, conn)
+            self._detach(flight)
+            if not flight.done.done():
+                flight.done.cancel()
 
-    async def _open_for(
-        self, flight: Flight, conn: ServerConnection, explicit: bool
-    ) -> tuple[ServerConnection, Flight]:
-        """Open the socket BEFORE the POST; if the chosen server is unreachable, nothing was sent, so another
-        healthy server may take the prompt (unless the user named the server)."""
+    async def _open_for(self, flight: Flight, explicit: bool) -> ServerConnection:
+        """Open the socket BEFORE the POST. If the chosen server is unreachable nothing was sent, so the prompt may
+        move to another server of the pool (unless the user named the server)."""
         tried: set[str] = set()
         while True:
+            conn = self._connections[flight.task.server or ""]
             try:
                 await conn.ensure_open()
-                if not explicit:
-                    self.lock.opened(conn.server)  # takes the lock if this server was the pool's choice
-                return conn, flight
             except ServerUnavailable:
                 tried.add(conn.server)
-                if explicit or len(tried) >= len(self.pool.records):
+                if explicit or tried >= set(self.pool.records):
                     raise
                 spec = self._route(tried)
-                if spec.url in tried:
-                    raise
-                self._detach(flight, conn)
-                flight = self._attach(flight.task, spec)
-                flight.driver = asyncio.current_task()
-                conn = self._connections[spec.url]
-                log.info("retrying prompt %s on %s", flight.task.prompt_id, conn.server)
+                self._detach(flight)
+                self._attach(flight, spec)
+                log.info(
+                    "moving prompt %s from %s to %s before sending it", flight.task.prompt_id, conn.server, spec.url
+                )
+                continue
+            if not explicit:
+                self.lock.opened(conn.server)  # takes the lock if this server was the pool's choice
+            return conn
 
     async def _post(self, flight: Flight, conn: ServerConnection) -> None:
         task = flight.task
@@ -317,7 +310,7 @@ class Engine:
                     conn.server,
                     status,
                 )
-                self._mark_posted(flight, None)
+                self._mark_posted(flight)
                 return
             if status == 0:
                 self.pool.mark_failed(conn.server, "POST /prompt failed")
@@ -327,16 +320,16 @@ class Engine:
                     prompt_id=task.prompt_id,
                 )
         try:
-            queued = wire.parse_prompt_response(
+            wire.parse_prompt_response(
                 status, content, server=conn.server, prompt_id=task.prompt_id, workflow=task.workflow
             )
         except ValidationError as exc:
             if exc.partially_queued:  # the valid part was queued: the user must fix the workflow, so drop it
                 self._spawn(self._drop_on_server(conn, task.prompt_id))
             raise
-        self._mark_posted(flight, queued.number)
+        self._mark_posted(flight)
 
-    def _mark_posted(self, flight: Flight, number: int | None) -> None:
+    def _mark_posted(self, flight: Flight) -> None:
         flight.posted = True
         flight.last_heard = time.monotonic()
         if flight.task.status not in (RUNNING,) and not flight.done.done():
