@@ -58,7 +58,11 @@ class Flight:
 
     task: Task
     done: asyncio.Future[HistoryEntry | None]
+    #: Quiet prompts are posted under a client id with no socket, so the server sends them no events (see
+    #: ``Engine._harvest``); used for bulk work, where per-prompt events cost the server about a fifth of its rate.
+    quiet: bool = False
     posted: bool = False
+    number: int | None = None  # the server's queue number: quiet prompts finish in this order
     last_heard: float = field(default_factory=time.monotonic)
     driver: asyncio.Task[None] | None = None
 
@@ -84,6 +88,9 @@ class ServerConnection:
         self.spec = spec
         self.server = spec.url
         self.client_id = new_id()
+        self.quiet_id = new_id()  # never connected: prompts posted under it get no events
+        self.harvest_wake = asyncio.Event()  # set by every ``status`` broadcast: the queue moved
+        self.harvesting = False
         self.flights: dict[str, Flight] = {}
         self.running: str | None = None  # the prompt executing now, for previews that carry no prompt id
         self._options = options

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -35,11 +36,11 @@ from comfy_notebook.core.pool import Pool
 from comfy_notebook.core.servers import ServerSpec
 from comfy_notebook.core.workflow import Workflow, load_workflow
 from comfy_notebook.engine.connection import Flight, ServerConnection, SocketOptions
+from comfy_notebook.engine.files import MISSING, fetch_sync, view_params
 from comfy_notebook.engine.loop import LoopThread
 from comfy_notebook.engine.task import (
     QUEUED,
     RUNNING,
-    ImageFile,
     Progress,
     Result,
     Task,
@@ -109,13 +110,26 @@ class Engine:
         specs = [to_spec(s) for s in servers]
         return self._thread.run(self._set_servers(specs))
 
-    def submit(self, workflow: Workflow | str | Path, *, server: ServerLike | None = None) -> Task:
-        """Queue a workflow; returns at once with the task (its server already chosen)."""
-        graph = load_workflow(workflow)
+    def submit(
+        self, workflow: Workflow | str | Path, *, server: ServerLike | None = None, progress: bool = True
+    ) -> Task:
+        """Queue a workflow; returns at once with the task (its server already chosen).
+
+        ``progress=False`` asks the server for no per-prompt events (no progress, previews or node names): the
+        bulk path, see ``submit_many``."""
+        return self.submit_many([workflow], server=server, progress=progress)[0]
+
+    def submit_many(
+        self, workflows: Iterable[Workflow | str | Path], *, server: ServerLike | None = None, progress: bool = False
+    ) -> list[Task]:
+        """Queue many workflows in one step. By default they are quiet (``progress=False``): the server sends no
+        per-prompt events and completion is read from ``/history`` in queue order, which lets a busy server run
+        at its own pace (events alone cost it about a fifth of its throughput)."""
+        graphs = [load_workflow(w) for w in workflows]
         spec = to_spec(server) if server is not None else None
-        task = Task(wire.new_id(), graph, self._cancel_from_thread)
-        self._thread.run(self._admit(task, spec))
-        return task
+        tasks = [Task(wire.new_id(), graph, self._cancel_from_thread) for graph in graphs]
+        self._thread.run(self._admit_all(tasks, spec, quiet=not progress))
+        return tasks
 
     def run(
         self,
@@ -220,15 +234,16 @@ class Engine:
         self.lock.connecting(spec.url, chosen=True)
         return spec
 
-    async def _admit(self, task: Task, explicit: ServerSpec | None) -> None:
-        if explicit is not None:
-            record = self.pool.records.get(explicit.url)
-            spec = record.spec if record is not None and not explicit.headers else explicit
-        else:
-            spec = self._route(set())
-        flight = Flight(task, asyncio.get_running_loop().create_future())
-        self._attach(flight, spec)
-        flight.driver = self._spawn(self._drive(flight, explicit is not None))
+    async def _admit_all(self, tasks: list[Task], explicit: ServerSpec | None, *, quiet: bool) -> None:
+        for task in tasks:
+            if explicit is not None:
+                record = self.pool.records.get(explicit.url)
+                spec = record.spec if record is not None and not explicit.headers else explicit
+            else:
+                spec = self._route(set())
+            flight = Flight(task, asyncio.get_running_loop().create_future(), quiet=quiet)
+            self._attach(flight, spec)
+            flight.driver = self._spawn(self._drive(flight, explicit is not None))
 
     def _attach(self, flight: Flight, spec: ServerSpec) -> ServerConnection:
         """Record prompt -> server affinity before anything is sent."""
@@ -294,7 +309,8 @@ class Engine:
 
     async def _post(self, flight: Flight, conn: ServerConnection) -> None:
         task = flight.task
-        body = wire.prompt_body(task.workflow, client_id=conn.client_id, prompt_id=task.prompt_id)
+        client_id = conn.quiet_id if flight.quiet else conn.client_id
+        body = wire.prompt_body(task.workflow, client_id=client_id, prompt_id=task.prompt_id)
         try:
             async with conn.http_slots:
                 response = await self._http.post(conn.spec.http_url("/prompt"), json=body, headers=conn.spec.headers)
@@ -310,7 +326,7 @@ class Engine:
                     conn.server,
                     status,
                 )
-                self._mark_posted(flight)
+                self._mark_posted(flight, conn)
                 return
             if status == 0:
                 self.pool.mark_failed(conn.server, "POST /prompt failed")
@@ -320,20 +336,26 @@ class Engine:
                     prompt_id=task.prompt_id,
                 )
         try:
-            wire.parse_prompt_response(
+            queued = wire.parse_prompt_response(
                 status, content, server=conn.server, prompt_id=task.prompt_id, workflow=task.workflow
             )
         except ValidationError as exc:
             if exc.partially_queued:  # the valid part was queued: the user must fix the workflow, so drop it
                 self._spawn(self._drop_on_server(conn, task.prompt_id))
             raise
-        self._mark_posted(flight)
+        self._mark_posted(flight, conn, queued.number)
 
-    def _mark_posted(self, flight: Flight) -> None:
+    def _mark_posted(self, flight: Flight, conn: ServerConnection, number: int | None = None) -> None:
         flight.posted = True
+        flight.number = number
         flight.last_heard = time.monotonic()
         if flight.task.status not in (RUNNING,) and not flight.done.done():
             flight.task._update(status=QUEUED)
+        if flight.quiet:
+            conn.harvest_wake.set()
+            if not conn.harvesting:
+                conn.harvesting = True
+                self._spawn(self._harvest(conn))
 
     async def _landed(self, conn: ServerConnection, prompt_id: str) -> bool:
         """Whether the server has the prompt queued, running or finished (best effort)."""
@@ -362,10 +384,25 @@ class Engine:
                 prompt_id=task.prompt_id,
             )
         refs = entry.images()
-        data = await asyncio.gather(*(self._view(conn, ref) for ref in refs))
-        files = [ImageFile(ref, blob) for ref, blob in zip(refs, data, strict=True) if blob is not None]
-        elapsed = time.time() - task.submitted_at
-        result = Result(task.prompt_id, conn.server, entry.status, outputs=entry.outputs, files=files, elapsed=elapsed)
+        # Temp files are wiped when a server restarts, so they come now; so does everything for prompts someone
+        # watches. Bulk (quiet) results fetch files the server keeps on disk on first use (see engine/files.py).
+        now = [ref for ref in refs if not flight.quiet or ref.type != "output"]
+        data = await asyncio.gather(*(self._view(conn, ref) for ref in now))
+        fetched = {ref: blob for ref, blob in zip(now, data, strict=True) if blob is not None}
+        o = self.options
+        fetch = functools.partial(
+            fetch_sync, conn.spec, verify=o.verify_tls, timeout=o.http_timeout, limit=o.max_image_bytes
+        )
+        result = Result(
+            task.prompt_id,
+            conn.server,
+            entry.status,
+            outputs=entry.outputs,
+            refs=refs,
+            fetched=fetched,
+            fetch=fetch,
+            elapsed=time.time() - task.submitted_at,
+        )
         if entry.status == "success":
             return result
         if entry.status == "interrupted":
@@ -441,10 +478,8 @@ class Engine:
         )
 
     async def _view(self, conn: ServerConnection, ref: wire.ImageRef) -> bytes | None:
-        params = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
-        # 400/403: the server refuses the name (ComfyUI does for ``..``); that loses this file, not the result.
         body = await self._get(
-            conn, "/view", limit=self.options.max_image_bytes, params=params, missing=(400, 403, 404)
+            conn, "/view", limit=self.options.max_image_bytes, params=view_params(ref), missing=MISSING
         )
         if body is None:
             log.warning("%s did not serve file %r (type %s)", conn.server, ref.filename, ref.type)
@@ -476,6 +511,7 @@ class Engine:
     def _on_event(self, conn: ServerConnection, event: wire.Event) -> None:
         if isinstance(event, wire.Status):
             self.pool.set_queue(conn.server, event.queue_remaining)
+            conn.harvest_wake.set()
             return
         prompt_id = getattr(event, "prompt_id", None)
         if isinstance(event, wire.Preview) and prompt_id is None:
@@ -521,6 +557,39 @@ class Engine:
                 self.pool.mark_failed(server, f"WebSocket closed abnormally ({code or 1006})")
             if any(f.posted and not f.task.done() for f in conn.flights.values()):
                 self._spawn(self._recover(conn))
+
+    async def _harvest(self, conn: ServerConnection) -> None:
+        """Complete quiet prompts. The server runs a client's prompts in queue-number order, so only the oldest
+        unfinished one needs asking: walk forward through ``/history/{id}`` until one is not finished yet, then wait
+        for the next ``status`` broadcast (every queue change sends one). At most ~50 walks a second, so a fast
+        queue is read in batches; a walk that stalls is caught by the silence check like any other prompt."""
+        try:
+            while True:
+                quiet = sorted(
+                    (f for f in self._live_flights(conn) if f.quiet and f.number is not None),
+                    key=lambda f: f.number or 0,
+                )
+                if not quiet and not any(f.quiet and not f.done.done() for f in conn.flights.values()):
+                    return
+                for flight in quiet:
+                    try:
+                        entry = await self._history(conn, flight.task.prompt_id)
+                    except ComfyError as exc:
+                        log.info("could not read history on %s: %s", conn.server, exc.message)
+                        break
+                    if entry is None:
+                        break
+                    if not flight.done.done():
+                        flight.done.set_result(entry)
+                    now = time.monotonic()
+                    for other in quiet:
+                        other.last_heard = now
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(conn.harvest_wake.wait(), 1.0)
+                conn.harvest_wake.clear()
+                await asyncio.sleep(0.02)
+        finally:
+            conn.harvesting = False
 
     async def _recover(self, conn: ServerConnection) -> None:
         """Reconnect and reconcile every in-flight prompt: missed events are never replayed."""

@@ -30,7 +30,7 @@ FINISHED = frozenset({SUCCESS, ERROR, INTERRUPTED, CANCELLED})
 
 @dataclass(frozen=True)
 class ImageFile:
-    """One output image: the server's reference and its bytes (fetched at completion, decoded on demand)."""
+    """One output image: the server's reference and its bytes, decoded on demand."""
 
     ref: ImageRef
     data: bytes = field(repr=False)
@@ -41,8 +41,15 @@ class ImageFile:
         return image
 
 
+Fetcher = Callable[[list[ImageRef]], list[bytes | None]]
+
+
 class Result:
-    """A finished prompt: its history outputs and the image files fetched from the server that ran it."""
+    """A finished prompt: its history outputs and its images, always from the server that ran it.
+
+    Image bytes arrive with the result, except on the bulk path (``submit_many``), where files the server keeps
+    on disk are fetched on first use of ``files``, ``images`` or ``save()``.
+    """
 
     def __init__(
         self,
@@ -51,16 +58,31 @@ class Result:
         status: str,
         *,
         outputs: dict[str, Any],
-        files: list[ImageFile],
+        refs: list[ImageRef],
+        fetched: dict[ImageRef, bytes],
+        fetch: Fetcher,
         elapsed: float,
     ) -> None:
         self.prompt_id = prompt_id
         self.server = server
         self.status = status
         self.outputs = outputs
-        self.files = files
+        self.refs = refs
         self.elapsed = elapsed
+        self._fetched = fetched
+        self._fetch = fetch
         self._images: list[Image] | None = None
+
+    @property
+    def files(self) -> list[ImageFile]:
+        """Every output image with its bytes (fetched now if not yet here); files the server no longer serves
+        are left out with a warning in the log."""
+        missing = [ref for ref in self.refs if ref not in self._fetched]
+        if missing:
+            for ref, data in zip(missing, self._fetch(missing), strict=True):
+                if data is not None:
+                    self._fetched[ref] = data
+        return [ImageFile(ref, self._fetched[ref]) for ref in self.refs if ref in self._fetched]
 
     @property
     def images(self) -> list[Image]:
@@ -87,7 +109,7 @@ class Result:
     def __repr__(self) -> str:
         return (
             f"<Result {self.status} prompt_id={self.prompt_id} server={self.server} "
-            f"images={len(self.files)} elapsed={self.elapsed:.2f}s>"
+            f"images={len(self.refs)} elapsed={self.elapsed:.2f}s>"
         )
 
 
