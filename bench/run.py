@@ -145,10 +145,7 @@ def _our_rate(url: str, workflows: list[dict[str, Any]], *, bulk: bool) -> float
     try:
         engine.run(workflows[0], timeout=60)
         start = time.perf_counter()
-        if bulk:
-            tasks = engine.submit_many(workflows[1:])
-        else:
-            tasks = [engine.submit(wf) for wf in workflows[1:]]
+        tasks = engine.submit_many(workflows[1:]) if bulk else [engine.submit(wf) for wf in workflows[1:]]
         results = [t.result(timeout=600) for t in tasks]
         rate = len(tasks) / (time.perf_counter() - start)
         assert all(r.status == "success" and r.files for r in results)

@@ -8,7 +8,17 @@
 In IPython/Jupyter: ``%load_ext comfy_notebook``, then ``%comfy`` and ``%%comfy``.
 """
 
-from comfy_notebook.api import get_engine, get_status, lock, reset, run, set_servers, shutdown, submit
+from comfy_notebook.api import (
+    get_engine,
+    get_status,
+    lock,
+    reset,
+    run,
+    set_servers,
+    shutdown,
+    submit,
+    submit_many,
+)
 from comfy_notebook.core.errors import (
     Cancelled,
     ComfyError,
@@ -51,6 +61,7 @@ __all__ = [
     "set_servers",
     "shutdown",
     "submit",
+    "submit_many",
 ]
 
 

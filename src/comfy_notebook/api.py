@@ -49,9 +49,17 @@ def set_servers(servers: Iterable[ServerLike]) -> list[str]:
     return get_engine().set_servers(servers)
 
 
-def submit(workflow: Workflow | str | Path, *, server: ServerLike | None = None) -> Task:
-    """Queue a workflow and return its ``Task`` at once."""
-    return get_engine().submit(workflow, server=server)
+def submit(workflow: Workflow | str | Path, *, server: ServerLike | None = None, progress: bool = True) -> Task:
+    """Queue a workflow and return its ``Task`` at once (``progress=False``: no per-prompt events)."""
+    return get_engine().submit(workflow, server=server, progress=progress)
+
+
+def submit_many(
+    workflows: Iterable[Workflow | str | Path], *, server: ServerLike | None = None, progress: bool = False
+) -> list[Task]:
+    """Queue many workflows at once: the bulk path (no per-prompt events unless ``progress=True``; files the
+    server keeps on disk are fetched on first use)."""
+    return get_engine().submit_many(workflows, server=server, progress=progress)
 
 
 def run(workflow: Workflow | str | Path, *, server: ServerLike | None = None, timeout: float | None = None) -> Result:
