@@ -33,6 +33,7 @@ from comfy_notebook.core.errors import (
 from comfy_notebook.core.servers import ServerSpec
 from comfy_notebook.core.workflow import load_workflow
 from comfy_notebook.engine.engine import Engine, EngineOptions
+from comfy_notebook.engine.http import HttpOptions
 from comfy_notebook.engine.task import Result, Task
 
 __version__ = "0.1.0"
@@ -43,6 +44,7 @@ __all__ = [
     "Engine",
     "EngineOptions",
     "ExecutionError",
+    "HttpOptions",
     "PromptInterrupted",
     "PromptLost",
     "ProtocolError",

@@ -8,13 +8,13 @@ import pytest
 
 from comfy_notebook.engine.connection import SocketOptions
 from comfy_notebook.engine.engine import Engine, EngineOptions
+from comfy_notebook.engine.http import HttpOptions
 from tests.fakes.fake_comfy import FakeComfy
 from tests.workflows import slow_workflow
 
 FAST = EngineOptions(
     socket=SocketOptions(ping_interval=0.5, ping_timeout=1.0, close_timeout=0.5, open_timeout=2.0),
-    http_timeout=3.0,
-    connect_timeout=2.0,
+    http=HttpOptions(timeout=3.0, connect_timeout=2.0),
     reconnect_window=2.0,
     silence_check=3.0,
 )
@@ -24,24 +24,23 @@ def workflow(tag: int = 0, *, steps: int = 2, step_delay: float = 0.0, output: s
     return slow_workflow(tag, steps=steps, step_seconds=step_delay, output=output)
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeComfy]:
+def _running_fake() -> Iterator[FakeComfy]:
     server = FakeComfy()
     server.start()
     yield server
     if server.frozen:
         server.thaw()
     server.stop()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeComfy]:
+    yield from _running_fake()
 
 
 @pytest.fixture
 def fake2() -> Iterator[FakeComfy]:
-    server = FakeComfy()
-    server.start()
-    yield server
-    if server.frozen:
-        server.thaw()
-    server.stop()
+    yield from _running_fake()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from comfy_notebook.core.protocol import ImageRef
 from comfy_notebook.core.servers import ServerSpec
 from comfy_notebook.engine.engine import Engine
-from comfy_notebook.engine.files import fetch_sync
+from comfy_notebook.engine.http import HttpOptions, fetch_files
 from comfy_notebook.engine.loop import THREAD_NAME
 from tests.engine.conftest import workflow
 from tests.fakes.fake_comfy import FakeComfy, wait_until
@@ -60,9 +60,7 @@ def test_fetching_on_the_loop_thread_is_refused(fake: FakeComfy) -> None:
 
     def on_loop_thread() -> None:
         try:
-            fetch_sync(
-                ServerSpec.parse(fake.url), [ImageRef("x.png", "", "output", "1")], verify=True, timeout=1, limit=1
-            )
+            fetch_files(ServerSpec.parse(fake.url), HttpOptions(), [ImageRef("x.png", "", "output", "1")])
         except RuntimeError as exc:
             errors.append(exc)
 

@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from comfy_notebook.core import protocol as wire
 from comfy_notebook.core.errors import (
@@ -36,7 +33,7 @@ from comfy_notebook.core.pool import Pool
 from comfy_notebook.core.servers import ServerSpec
 from comfy_notebook.core.workflow import Workflow, load_workflow
 from comfy_notebook.engine.connection import Flight, ServerConnection, SocketOptions
-from comfy_notebook.engine.files import MISSING, fetch_sync, view_params
+from comfy_notebook.engine.http import ComfyHTTP, HttpOptions, fetch_files
 from comfy_notebook.engine.loop import LoopThread
 from comfy_notebook.engine.task import (
     QUEUED,
@@ -56,9 +53,7 @@ class EngineOptions:
     """Timeouts and limits. Keep timeouts well above ComfyUI's 0.3-1.2 s GC stalls."""
 
     socket: SocketOptions = field(default_factory=SocketOptions)
-    http_timeout: float = 30.0
-    connect_timeout: float = 5.0
-    verify_tls: bool = True
+    http: HttpOptions = field(default_factory=HttpOptions)
     #: After a lost socket, how long to keep trying to reach the server before its prompts are declared lost.
     reconnect_window: float = 6.0
     #: A posted prompt with no event for this long is checked through ``/queue`` and ``/history``.
@@ -66,8 +61,6 @@ class EngineOptions:
     #: How often queue positions of waiting prompts are refreshed (only for short queues of ours).
     queue_poll: float = 2.0
     queue_poll_max: int = 32
-    max_history_bytes: int = 64 * 1024 * 1024
-    max_image_bytes: int = 256 * 1024 * 1024
     reset_timeout: float = 1.5
 
 
@@ -93,15 +86,12 @@ class Engine:
         self._connections: dict[str, ServerConnection] = {}
         self._drivers: set[asyncio.Task[None]] = set()
         self._thread = LoopThread()
-        self._http: httpx.AsyncClient = self._thread.run(self._make_client())
+        self._api: ComfyHTTP = self._thread.run(self._make_api())
         self._monitor = self._thread.submit(self._monitor_loop())
         self.set_servers(servers)
 
-    async def _make_client(self) -> httpx.AsyncClient:
-        o = self.options
-        timeout = httpx.Timeout(o.http_timeout, connect=o.connect_timeout)
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
-        return httpx.AsyncClient(timeout=timeout, limits=limits, verify=o.verify_tls, follow_redirects=False)
+    async def _make_api(self) -> ComfyHTTP:
+        return ComfyHTTP(self.options.http)  # the AsyncClient must be created on the loop thread
 
     # =================================================================================================================
     # public, thread-safe API
@@ -311,15 +301,10 @@ class Engine:
         task = flight.task
         client_id = conn.quiet_id if flight.quiet else conn.client_id
         body = wire.prompt_body(task.workflow, client_id=client_id, prompt_id=task.prompt_id)
-        try:
-            async with conn.http_slots:
-                response = await self._http.post(conn.spec.http_url("/prompt"), json=body, headers=conn.spec.headers)
-            status, content = response.status_code, response.content
-        except httpx.TransportError as exc:
-            status, content = 0, conn.redact(describe(exc)).encode()
+        status, content = await self._api.post_prompt(conn, body)
         if status == 0 or status >= 500:
             # We minted the id, so we can ask whether the prompt landed before calling it failed.
-            if await self._landed(conn, task.prompt_id):
+            if await self._api.landed(conn, task.prompt_id):
                 log.info(
                     "POST for %s on %s failed (%s) but the prompt was queued",
                     task.prompt_id,
@@ -341,7 +326,7 @@ class Engine:
             )
         except ValidationError as exc:
             if exc.partially_queued:  # the valid part was queued: the user must fix the workflow, so drop it
-                self._spawn(self._drop_on_server(conn, task.prompt_id))
+                self._spawn(self._api.drop(conn, task.prompt_id))
             raise
         self._mark_posted(flight, conn, queued.number)
 
@@ -357,14 +342,6 @@ class Engine:
                 conn.harvesting = True
                 self._spawn(self._harvest(conn))
 
-    async def _landed(self, conn: ServerConnection, prompt_id: str) -> bool:
-        """Whether the server has the prompt queued, running or finished (best effort)."""
-        with contextlib.suppress(ComfyError, httpx.HTTPError):
-            if wire.queue_contains(await self._get_json(conn, "/queue", timeout=5), prompt_id):
-                return True
-            return await self._history(conn, prompt_id, timeout=5) is not None
-        return False
-
     async def _collect(self, flight: Flight, conn: ServerConnection, entry: wire.HistoryEntry | None) -> Result:
         """History and images from the prompt's own server (never another one)."""
         task = flight.task
@@ -373,7 +350,7 @@ class Engine:
                 break
             await asyncio.sleep(delay)
             try:
-                entry = await self._history(conn, task.prompt_id)
+                entry = await self._api.history(conn, task.prompt_id)
             except ServerUnavailable:
                 if delay == 1.0:
                     raise
@@ -387,12 +364,9 @@ class Engine:
         # Temp files are wiped when a server restarts, so they come now; so does everything for prompts someone
         # watches. Bulk (quiet) results fetch files the server keeps on disk on first use (see engine/files.py).
         now = [ref for ref in refs if not flight.quiet or ref.type != "output"]
-        data = await asyncio.gather(*(self._view(conn, ref) for ref in now))
+        data = await asyncio.gather(*(self._api.view(conn, ref) for ref in now))
         fetched = {ref: blob for ref, blob in zip(now, data, strict=True) if blob is not None}
-        o = self.options
-        fetch = functools.partial(
-            fetch_sync, conn.spec, verify=o.verify_tls, timeout=o.http_timeout, limit=o.max_image_bytes
-        )
+        fetch = functools.partial(fetch_files, conn.spec, self.options.http)
         result = Result(
             task.prompt_id,
             conn.server,
@@ -420,90 +394,6 @@ class Engine:
             )
         error.result = result
         raise error
-
-    # -- HTTP helpers ---------------------------------------------------------------------------------------------
-    async def _get(
-        self,
-        conn: ServerConnection,
-        path: str,
-        *,
-        limit: int,
-        timeout: float | None = None,
-        params: dict[str, str] | None = None,
-        missing: tuple[int, ...] = (404,),
-    ) -> bytes | None:
-        """GET a body with a size cap (a hostile server cannot make us buffer gigabytes); None for ``missing``."""
-        request_timeout = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
-        try:
-            async with (
-                conn.http_slots,
-                self._http.stream(
-                    "GET", conn.spec.http_url(path), params=params, headers=conn.spec.headers, timeout=request_timeout
-                ) as response,
-            ):
-                if response.status_code in missing:
-                    return None
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > limit:
-                        raise ProtocolError(
-                            f"{conn.server} sent more than {limit} bytes for {path}", server=conn.server
-                        )
-                    chunks.append(chunk)
-        except httpx.HTTPError as exc:
-            raise ServerUnavailable(
-                f"{conn.server} did not answer GET {path}: {conn.redact(describe(exc))}", server=conn.server
-            ) from None
-        body = b"".join(chunks)
-        if response.status_code >= 400:
-            text = conn.redact(describe(body.decode("utf-8", "replace")))
-            raise ServerUnavailable(
-                f"{conn.server} answered GET {path} with HTTP {response.status_code}: {text}", server=conn.server
-            )
-        return body
-
-    async def _get_json(self, conn: ServerConnection, path: str, timeout: float | None = None) -> Any:
-        body = await self._get(conn, path, limit=self.options.max_history_bytes, timeout=timeout)
-        try:
-            return None if body is None else json.loads(body)
-        except ValueError:
-            raise ProtocolError(f"{conn.server} sent malformed JSON for {path}", server=conn.server) from None
-
-    async def _history(
-        self, conn: ServerConnection, prompt_id: str, timeout: float | None = None
-    ) -> wire.HistoryEntry | None:
-        return wire.parse_history(
-            await self._get_json(conn, f"/history/{prompt_id}", timeout) or {}, prompt_id, server=conn.server
-        )
-
-    async def _view(self, conn: ServerConnection, ref: wire.ImageRef) -> bytes | None:
-        body = await self._get(
-            conn, "/view", limit=self.options.max_image_bytes, params=view_params(ref), missing=MISSING
-        )
-        if body is None:
-            log.warning("%s did not serve file %r (type %s)", conn.server, ref.filename, ref.type)
-        return body
-
-    async def _drop_on_server(self, conn: ServerConnection, prompt_id: str) -> None:
-        """Targeted cancel: delete the prompt from the queue, interrupt it only if it is the one running."""
-        calls = [
-            self._http.post(
-                conn.spec.http_url("/queue"),
-                json={"delete": [prompt_id]},
-                headers=conn.spec.headers,
-                timeout=1.0,
-            ),
-            self._http.post(
-                conn.spec.http_url("/interrupt"),
-                json={"prompt_id": prompt_id},
-                headers=conn.spec.headers,
-                timeout=1.0,
-            ),
-        ]
-        for outcome in await asyncio.gather(*calls, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                log.info("could not cancel %s on %s: %s", prompt_id, conn.server, conn.redact(describe(outcome)))
 
     # =================================================================================================================
     # events, socket state, recovery (loop thread)
@@ -573,7 +463,7 @@ class Engine:
                     return
                 for flight in quiet:
                     try:
-                        entry = await self._history(conn, flight.task.prompt_id)
+                        entry = await self._api.history(conn, flight.task.prompt_id)
                     except ComfyError as exc:
                         log.info("could not read history on %s: %s", conn.server, exc.message)
                         break
@@ -626,7 +516,7 @@ class Engine:
         if not flights:
             return
         try:
-            queue = await self._get_json(conn, "/queue", timeout=5)
+            queue = await self._api.get_json(conn, "/queue", timeout=5)
             for flight in flights:
                 pid = flight.task.prompt_id
                 flight.last_heard = time.monotonic()
@@ -637,7 +527,7 @@ class Engine:
                     if position > 0:
                         flight.task._update(queue_position=position)
                     continue
-                entry = await self._history(conn, pid, timeout=5)
+                entry = await self._api.history(conn, pid, timeout=5)
                 if flight.done.done():
                     continue
                 if entry is not None:
@@ -710,7 +600,7 @@ class Engine:
         if flight.driver is not None:
             flight.driver.cancel()
         if posted:
-            await asyncio.wait_for(self._drop_on_server(conn, task.prompt_id), self.options.reset_timeout)
+            await asyncio.wait_for(self._api.drop(conn, task.prompt_id), self.options.reset_timeout)
 
     async def _reset(self) -> dict[str, Any]:
         self.lock.reset()
@@ -760,4 +650,4 @@ class Engine:
                 )
         self._monitor.cancel()
         await asyncio.gather(*(c.close(1000) for c in self._connections.values()), return_exceptions=True)
-        await self._http.aclose()
+        await self._api.aclose()

@@ -1,0 +1,183 @@
+"""HTTP to ComfyUI servers: one ``httpx.AsyncClient``, a few requests at a time per server, capped bodies, and
+errors that name the server without its credentials.
+
+Also the synchronous file fetch used by results of the bulk path on first use: it runs in the caller's thread with
+a short-lived client, so it works whatever became of the engine in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from comfy_notebook.core import protocol as wire
+from comfy_notebook.core.errors import ComfyError, ProtocolError, ServerUnavailable, describe
+from comfy_notebook.core.servers import ServerSpec
+from comfy_notebook.engine.connection import ServerConnection
+from comfy_notebook.engine.loop import THREAD_NAME
+
+log = logging.getLogger(__name__)
+
+#: 400/403: ComfyUI refuses the name (it does for ``..``); that loses this file, not the whole result.
+VIEW_MISSING = (400, 403, 404)
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    timeout: float = 30.0  # well above ComfyUI's 0.3-1.2 s GC stalls
+    connect_timeout: float = 5.0
+    verify_tls: bool = True
+    max_json_bytes: int = 64 * 1024 * 1024  # a full history was 6 MB
+    max_file_bytes: int = 256 * 1024 * 1024
+    cancel_timeout: float = 1.0
+
+
+def view_params(ref: wire.ImageRef) -> dict[str, str]:
+    return {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
+
+
+class ComfyHTTP:
+    """The engine's HTTP calls. Create it on the loop thread; every method runs there."""
+
+    def __init__(self, options: HttpOptions) -> None:
+        self.options = options
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(options.timeout, connect=options.connect_timeout),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            verify=options.verify_tls,
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def post_prompt(self, conn: ServerConnection, body: dict[str, Any]) -> tuple[int, bytes]:
+        """``POST /prompt``; a transport failure is status 0 with the (redacted) reason as the body."""
+        try:
+            async with conn.http_slots:
+                response = await self._client.post(conn.spec.http_url("/prompt"), json=body, headers=conn.spec.headers)
+        except httpx.TransportError as exc:
+            return 0, conn.redact(describe(exc)).encode()
+        return response.status_code, response.content
+
+    async def get(
+        self,
+        conn: ServerConnection,
+        path: str,
+        *,
+        limit: int,
+        timeout: float | None = None,
+        params: dict[str, str] | None = None,
+        missing: tuple[int, ...] = (404,),
+    ) -> bytes | None:
+        """A body of at most ``limit`` bytes (a hostile server cannot make us buffer gigabytes); None for a
+        ``missing`` status."""
+        request_timeout = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
+        url = conn.spec.http_url(path)
+        try:
+            async with (
+                conn.http_slots,
+                self._client.stream("GET", url, params=params, headers=conn.spec.headers, timeout=request_timeout) as r,
+            ):
+                if r.status_code in missing:
+                    return None
+                chunks, size = [], 0
+                async for chunk in r.aiter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ProtocolError(
+                            f"{conn.server} sent more than {limit} bytes for {path}", server=conn.server
+                        )
+                    chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise ServerUnavailable(
+                f"{conn.server} did not answer GET {path}: {conn.redact(describe(exc))}", server=conn.server
+            ) from None
+        body = b"".join(chunks)
+        if r.status_code >= 400:
+            text = conn.redact(describe(body.decode("utf-8", "replace")))
+            raise ServerUnavailable(
+                f"{conn.server} answered GET {path} with HTTP {r.status_code}: {text}", server=conn.server
+            )
+        return body
+
+    async def get_json(self, conn: ServerConnection, path: str, timeout: float | None = None) -> Any:
+        body = await self.get(conn, path, limit=self.options.max_json_bytes, timeout=timeout)
+        try:
+            return None if body is None else json.loads(body)
+        except ValueError:
+            raise ProtocolError(f"{conn.server} sent malformed JSON for {path}", server=conn.server) from None
+
+    async def history(
+        self, conn: ServerConnection, prompt_id: str, timeout: float | None = None
+    ) -> wire.HistoryEntry | None:
+        body = await self.get_json(conn, f"/history/{prompt_id}", timeout) or {}
+        return wire.parse_history(body, prompt_id, server=conn.server)
+
+    async def view(self, conn: ServerConnection, ref: wire.ImageRef) -> bytes | None:
+        limit = self.options.max_file_bytes
+        body = await self.get(conn, "/view", limit=limit, params=view_params(ref), missing=VIEW_MISSING)
+        if body is None:
+            log.warning("%s did not serve file %r (type %s)", conn.server, ref.filename, ref.type)
+        return body
+
+    async def landed(self, conn: ServerConnection, prompt_id: str) -> bool:
+        """Whether the server has the prompt queued, running or finished (best effort)."""
+        with contextlib.suppress(ComfyError):
+            if wire.queue_contains(await self.get_json(conn, "/queue", timeout=5), prompt_id):
+                return True
+            return await self.history(conn, prompt_id, timeout=5) is not None
+        return False
+
+    async def drop(self, conn: ServerConnection, prompt_id: str) -> None:
+        """Targeted cancel: delete the prompt from the queue, and interrupt it only if it is the one running.
+        Bypasses the request slots: a cancel must go out even when the slots are taken by a hung server."""
+        timeout = self.options.cancel_timeout
+        calls = [
+            self._client.post(url, json=body, headers=conn.spec.headers, timeout=timeout)
+            for url, body in (
+                (conn.spec.http_url("/queue"), {"delete": [prompt_id]}),
+                (conn.spec.http_url("/interrupt"), {"prompt_id": prompt_id}),
+            )
+        ]
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.info("could not cancel %s on %s: %s", prompt_id, conn.server, conn.redact(describe(outcome)))
+
+
+def fetch_files(spec: ServerSpec, options: HttpOptions, refs: list[wire.ImageRef]) -> list[bytes | None]:
+    """Fetch ``refs`` from ``spec``'s server now, in this thread (None for a file the server does not serve)."""
+    if threading.current_thread().name == THREAD_NAME:
+        raise RuntimeError("image bytes cannot be fetched on the engine's loop thread; read them from a cell")
+    out: list[bytes | None] = []
+    timeout = httpx.Timeout(options.timeout, connect=options.connect_timeout)
+    with httpx.Client(verify=options.verify_tls, timeout=timeout, headers=dict(spec.headers)) as client:
+        for ref in refs:
+            try:
+                with client.stream("GET", spec.http_url("/view"), params=view_params(ref)) as response:
+                    if response.status_code in VIEW_MISSING:
+                        log.warning("%s did not serve file %r (type %s)", spec.url, ref.filename, ref.type)
+                        out.append(None)
+                        continue
+                    body = bytearray()
+                    for chunk in response.iter_bytes():
+                        body += chunk
+                        if len(body) > options.max_file_bytes:
+                            raise ProtocolError(f"{spec.url} sent too large a file for /view", server=spec.url)
+            except httpx.HTTPError as exc:
+                raise ServerUnavailable(
+                    f"{spec.url} did not answer GET /view: {describe(exc)}", server=spec.url
+                ) from None
+            if response.status_code >= 400:
+                raise ServerUnavailable(
+                    f"{spec.url} answered GET /view with HTTP {response.status_code}", server=spec.url
+                )
+            out.append(bytes(body))
+    return out
