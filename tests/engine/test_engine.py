@@ -372,3 +372,35 @@ def test_a_prompt_that_reaches_no_server_leaves_no_record_behind(engine: Engine)
     assert status["pending_tasks_count"] == 0
     assert all(s["in_flight"] == 0 for s in status["servers"])
     assert all(s["last_error"] for s in status["servers"])  # it tried every server before giving up
+
+
+def test_queue_positions_count_from_zero_for_the_next_in_line(engine: Engine, fake: FakeComfy) -> None:
+    engine.set_servers([fake.url])
+    fake.hold()
+    first, second = engine.submit(workflow(1)), engine.submit(workflow(2))
+    wait_until(lambda: first.queue_position == 0 and second.queue_position == 1, timeout=6)
+    fake.release()
+    assert first.result(10).status == second.result(10).status == "success"
+
+
+def test_an_interrupt_during_submit_leaves_no_prompt_running_unheld(engine: Engine, fake: FakeComfy) -> None:
+    import signal
+
+    engine.set_servers([fake.url])
+    engine.run(workflow(), timeout=10)
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        engine.thread.call_soon(time.sleep, 0.3)  # hold the loop so the interrupt lands while submit() waits
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(KeyboardInterrupt):
+            engine.submit(workflow(7, steps=50, step_delay=0.05))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    wait_until(lambda: engine.get_status()["pending_tasks_count"] == 0)
+    posted_later = set(fake.posted_prompt_ids[1:])
+    assert posted_later <= set(fake.deleted_from_queue) | set(fake.interrupt_requests)

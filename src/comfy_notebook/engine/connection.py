@@ -61,6 +61,7 @@ class Flight:
     #: Quiet prompts are posted under a client id with no socket, so the server sends them no events (see
     #: ``Engine._harvest``); used for bulk work, where per-prompt events cost the server about a fifth of its rate.
     quiet: bool = False
+    posting: bool = False  # the POST is on its way: cancelling now must wait for the answer, then drop it
     posted: bool = False
     number: int | None = None  # the server's queue number: quiet prompts finish in this order
     last_heard: float = field(default_factory=time.monotonic)

@@ -118,7 +118,16 @@ class Engine:
         graphs = [load_workflow(w) for w in workflows]
         spec = to_spec(server) if server is not None else None
         tasks = [Task(wire.new_id(), graph, self._cancel_from_thread) for graph in graphs]
-        self._thread.run(self._admit_all(tasks, spec, quiet=not progress))
+        admitted = self._thread.submit(self._admit_all(tasks, spec, quiet=not progress))
+        try:
+            admitted.result()
+        except BaseException:
+            # A kernel interrupt while we wait must not leave prompts running that nobody holds a handle to:
+            # let the (quick) admission finish, then cancel what it started.
+            if not isinstance(admitted.exception(timeout=5), Exception):
+                for task in tasks:
+                    task.cancel()
+            raise
         return tasks
 
     def run(
@@ -255,7 +264,14 @@ class Engine:
         task = flight.task
         try:
             conn = await self._open_for(flight, explicit)
-            await self._post(flight, conn)
+            flight.posting = True
+            try:
+                await self._post(flight, conn)
+            finally:
+                flight.posting = False
+            if task.done():  # cancelled while the POST was on its way: now the server has it, drop it
+                await self._api.drop(conn, task.prompt_id)
+                return
             entry = await flight.done
             task._finish(await self._collect(flight, conn, entry))
         except ComfyError as exc:
@@ -334,8 +350,8 @@ class Engine:
         flight.posted = True
         flight.number = number
         flight.last_heard = time.monotonic()
-        if flight.task.status not in (RUNNING,) and not flight.done.done():
-            flight.task._update(status=QUEUED)
+        if flight.task.status not in (RUNNING,) and not flight.task.done():  # a late POST answer never revives
+            flight.task._update(status=QUEUED)  # a cancelled task
         if flight.quiet:
             conn.harvest_wake.set()
             if not conn.harvesting:
@@ -524,8 +540,8 @@ class Engine:
                     continue
                 position = wire.queue_position(queue, pid)
                 if position is not None:
-                    if position > 0:
-                        flight.task._update(queue_position=position)
+                    if flight.task.status == QUEUED:
+                        flight.task._update(queue_position=position)  # 0: next in line
                     continue
                 entry = await self._api.history(conn, pid, timeout=5)
                 if flight.done.done():
@@ -597,6 +613,8 @@ class Engine:
             ),
             status="cancelled",
         )
+        if flight.posting:
+            return  # a POST cannot be unsent: the driver drops the prompt once the server has answered
         if flight.driver is not None:
             flight.driver.cancel()
         if posted:
