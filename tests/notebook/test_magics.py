@@ -91,6 +91,8 @@ def test_bad_cell_lines_are_one_line_usage_errors(line: str, message: str) -> No
         ("status now", "takes no arguments"),
         ("reset all", "takes no arguments"),
         ("servers not a url://", "not a ComfyUI server URL"),
+        ("r <<", "only from a file"),
+        ("--no-wait", "only from a file"),
     ],
 )
 def test_bad_line_magic_usage(loaded: InteractiveShell, line: str, message: str) -> None:
@@ -111,7 +113,7 @@ def test_help(loaded: InteractiveShell, capsys) -> None:
     assert capsys.readouterr().out.strip() == HELP.strip()
 
 
-# -- servers, config, lock, reset ---------------------------------------------------------------------------------------
+# -- servers, config, lock, reset -------------------------------------------------------------------------------------
 def test_servers_sets_the_pool_and_shows_it(
     loaded: InteractiveShell, fake: FakeComfy, fake2: FakeComfy, capsys
 ) -> None:
@@ -252,12 +254,15 @@ def test_no_wait_with_target_stores_the_task(loaded: InteractiveShell, fake: Fak
 
 
 def test_queue_position_is_shown_while_waiting(loaded: InteractiveShell, fake: FakeComfy) -> None:
-    fake.hold()
-    task = cell(loaded, "--no-wait").result
-    (widget,) = magics_of(loaded).progress_widgets
-    wait_until(lambda: "queue: 0 ahead" in widget.text.value, timeout=10)
-    fake.release()
-    task.result(10)
+    fake.steps, fake.step_delay = 100, 0.05
+    first = cell(loaded, "--no-wait").result
+    wait_until(lambda: first.status == "running", timeout=10)
+    second = cell(loaded, "--no-wait").result
+    widget = magics_of(loaded).progress_widgets[-1]
+    assert widget.task is second
+    wait_until(lambda: "queue: 1 ahead" in widget.text.value, timeout=10)  # the engine polls /queue every ~2 s
+    second.cancel()
+    first.cancel()
 
 
 def test_server_option_runs_on_that_server(loaded: InteractiveShell, fake: FakeComfy, fake2: FakeComfy) -> None:
@@ -269,8 +274,10 @@ def test_server_option_runs_on_that_server(loaded: InteractiveShell, fake: FakeC
 def test_file_option(loaded: InteractiveShell, fake: FakeComfy, tmp_path: Path) -> None:
     path = tmp_path / "flow.json"
     path.write_text(WORKFLOW)
-    assert cell(loaded, f"r << -f {path}", "").success
+    assert loaded.run_cell(f"%comfy r << -f {path}").success  # the line form: IPython refuses empty cell bodies
     assert loaded.user_ns["r"].status == "success"
+    assert loaded.run_cell(f"%%comfy r2 << -f {path}\n\n").success
+    assert loaded.user_ns["r2"].status == "success"
 
 
 @pytest.mark.parametrize(
@@ -361,6 +368,12 @@ def test_timeout_cancels_the_prompt(loaded: InteractiveShell, fake: FakeComfy, c
     assert prompt_id in fake.interrupt_requests
 
 
+def test_default_timeout_from_config(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    fake.steps, fake.step_delay = 50, 0.1
+    loaded.run_line_magic("config", "ComfyMagics.default_timeout = 0.3")
+    assert isinstance(cell(loaded, "").error_in_exec, TimeoutError)
+
+
 def test_kernel_interrupt_cancels_only_this_prompt(loaded: InteractiveShell, fake: FakeComfy, capsys) -> None:
     fake.hold()  # the prompt stays queued, so the cell blocks until the interrupt
     interrupter = threading.Thread(
@@ -371,8 +384,8 @@ def test_kernel_interrupt_cancels_only_this_prompt(loaded: InteractiveShell, fak
     interrupter.join()
     assert isinstance(outcome.error_in_exec, Cancelled) and "r" not in loaded.user_ns
     (prompt_id,) = fake.posted_prompt_ids
-    assert fake.deleted_from_queue == [prompt_id]  # targeted delete, no global interrupt
-    assert fake.interrupt_requests == []
+    assert fake.deleted_from_queue == [prompt_id]
+    assert None not in fake.interrupt_requests  # targeted: never a global interrupt
     out = capsys.readouterr().out
     assert f"interrupted: prompt {prompt_id} on {fake.url} was cancelled" in out and "Traceback" not in out
 
@@ -407,9 +420,17 @@ def test_three_reloads_leave_one_engine_thread_and_unload_none(loaded: Interacti
 def test_unload_closes_widgets_and_running_widgets_stop(loaded: InteractiveShell, fake: FakeComfy) -> None:
     fake.hold()
     task = cell(loaded, "--no-wait").result
+    wait_until(lambda: task.status == "queued", timeout=10)
     loaded.run_line_magic("comfy", "status")
     magics = magics_of(loaded)
     widgets = [*magics.progress_widgets, magics.panel]
     loaded.run_line_magic("unload_ext", "comfy_notebook")
     assert all(w is not None and w.closed for w in widgets)
     assert task.status == "cancelled" and not engine_threads()
+
+
+def test_plain_text_of_tasks_and_results(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    result = cell(loaded, "").result
+    plain = loaded.display_formatter.formatters["text/plain"]
+    assert plain(result).startswith(f"comfy prompt {result.prompt_id}: success on {fake.url}")
+    assert plain([result]) == f"[{result!r}]"  # inside a container: the short repr

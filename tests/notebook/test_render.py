@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
+from typing import cast
 
 from PIL import Image
 
@@ -56,8 +58,9 @@ def make_task(**fields: object) -> Task:
 
 
 def make_result(n: int = 2) -> Result:
+    """What the renderers read of a Result (its constructor is the engine's business)."""
     files = [ImageFile(ImageRef(f"out_{i}.png", "sub" if i else "", "output", "9"), png(i)) for i in range(n)]
-    return Result("p-1", A, "success", outputs={}, files=files, elapsed=2.345)
+    return cast(Result, SimpleNamespace(prompt_id="p-1", server=A, status="success", files=files, elapsed=2.345))
 
 
 # -- status -----------------------------------------------------------------------------------------------------------
@@ -178,10 +181,9 @@ def test_image_mime() -> None:
 
 # -- errors -----------------------------------------------------------------------------------------------------------
 def test_validation_error_renders_a_per_node_table() -> None:
-    nodes = (
-        NodeError("3", "KSampler", (InputError("value_smaller_than_min", "Value 0 smaller than min of 1", "", "steps"),)),
-        NodeError("12", "CheckpointLoaderSimple", (InputError("value_not_in_list", "Value not in list", "x.ckpt", "ckpt_name"),)),
-    )  # fmt: skip
+    steps = InputError("value_smaller_than_min", "Value 0 smaller than min of 1", "", "steps")
+    ckpt = InputError("value_not_in_list", "Value not in list", "x.ckpt", "ckpt_name")
+    nodes = (NodeError("3", "KSampler", (steps,)), NodeError("12", "CheckpointLoaderSimple", (ckpt,)))
     error = ValidationError(
         f"{A} refused the workflow: Prompt outputs failed validation\n  node 3 ...", nodes, server=A
     )

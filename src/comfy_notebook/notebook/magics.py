@@ -12,6 +12,7 @@ import keyword
 import shlex
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ HELP = """\
 %comfy help                this text
 
 %%comfy [NAME <<] [-f FILE] [--server URL] [--timeout SECONDS] [--no-wait]
-<API-format workflow JSON>
+<API-format workflow JSON>          (or as a line: %comfy [NAME <<] -f FILE [options])
     Runs the workflow, shows its progress and waits for the images ("Run All" works).
     NAME <<       store the Result (with --no-wait: the running Task) in the variable NAME
     -f FILE       read the workflow from FILE instead of the cell
@@ -125,6 +126,7 @@ def parse_cell_line(line: str) -> CellOptions:
 
 
 # -- clean errors -----------------------------------------------------------------------------------------------------
+_WAIT_SLICE = 0.1
 _RED, _RESET = "\x1b[0;31m", "\x1b[0m"
 
 
@@ -141,6 +143,15 @@ def clean(exc: BaseException) -> BaseException:
 
     exc._render_traceback_ = _render_traceback_  # type: ignore[attr-defined]
     return exc
+
+
+def _top_level_text(describe: Callable[[Any], str]) -> Callable[[Any, Any, bool], None]:
+    """A ``text/plain`` printer: the full description for a displayed object, the short repr inside a list."""
+
+    def printer(obj: Any, p: Any, cycle: bool) -> None:
+        p.text(describe(obj) if len(p.stack) <= 1 else repr(obj))
+
+    return printer
 
 
 def _say(text: str) -> None:
@@ -213,9 +224,9 @@ class ComfyMagics(Magics):
         registrations: list[tuple[Any, type, Callable[..., Any]]] = [
             (display_formatter.mimebundle_formatter, Task, self._task_bundle),
             (html, Task, render.task_html),
-            (plain, Task, lambda obj, p, cycle: p.text(render.task_text(obj))),
+            (plain, Task, _top_level_text(render.task_text)),
             (html, Result, render.result_html),
-            (plain, Result, lambda obj, p, cycle: p.text(render.result_text(obj))),
+            (plain, Result, _top_level_text(render.result_text)),
         ]
         for formatter, cls, fn in registrations:
             formatter.for_type(cls, fn)
@@ -255,12 +266,16 @@ class ComfyMagics(Magics):
 
     # -- %comfy -------------------------------------------------------------------------------------------------------
     @_magic(line_magic, "comfy")
-    def comfy_line(self, line: str) -> None:
+    def comfy_line(self, line: str) -> Result | Task | None:
         """Manage the server pool and the lock; ``%comfy help`` lists the commands."""
         tokens = _split(line, "%comfy")
         if not tokens:
             raise UsageError("%comfy needs a command: servers, status, reset, lock or help")
         command, args = tokens[0], tokens[1:]
+        if command not in ("-h", "--help") and (command.startswith("-") or "<<" in tokens[:2] or command[-2:] == "<<"):
+            if "-f" not in tokens and "--file" not in tokens and not any(t.startswith("--file=") for t in tokens):
+                raise UsageError("%comfy runs a workflow only from a file: %comfy [NAME <<] -f FILE [options]")
+            return self.run(line, "")  # the line form of %%comfy: IPython refuses a cell magic with an empty body
         if command in ("help", "-h", "--help"):
             _say(HELP)
         elif command == "servers":
@@ -293,6 +308,7 @@ class ComfyMagics(Magics):
             _say(f"locked: {url}")
         else:
             raise UsageError(f"unknown %comfy command {command!r}: use servers, status, reset, lock or help")
+        return None
 
     @staticmethod
     def _no_args(command: str, args: list[str]) -> None:
@@ -304,6 +320,10 @@ class ComfyMagics(Magics):
     @_magic(cell_magic, "comfy")
     def comfy_cell(self, line: str, cell: str) -> Result | Task | None:
         """Run the workflow in the cell (JSON, API format) and wait for its images; see ``%comfy help``."""
+        return self.run(line, cell)
+
+    def run(self, line: str, cell: str) -> Result | Task | None:
+        """Submit, show progress, wait (unless ``--no-wait``), store or return the outcome."""
         options = parse_cell_line(line)
         try:
             workflow = self._workflow(options, cell)
@@ -316,11 +336,17 @@ class ComfyMagics(Magics):
             self.shell.user_ns[options.target] = task  # type: ignore[union-attr]
             _display(task)
             return None
-        widget = self.progress_for(task) if self.use_widgets() else None
-        if widget is not None:
-            _display(widget)
+        widget = None
         try:
+            widget = self.progress_for(task) if self.use_widgets() else None
+            if widget is not None:
+                _display(widget)
             result = self._wait(task, options.timeout if options.timeout is not None else self.default_timeout)
+        except KeyboardInterrupt:  # the kernel's stop button: cancel this prompt only, end the cell cleanly
+            task.cancel()
+            what = "had already finished" if task.status == "success" else "was cancelled"
+            message = f"interrupted: prompt {task.prompt_id} on {task.server} {what}"
+            raise clean(Cancelled(message, server=task.server, prompt_id=task.prompt_id)) from None
         finally:
             if widget is not None:
                 widget.refresh()  # the final state, written from this cell's thread
@@ -346,28 +372,19 @@ class ComfyMagics(Magics):
 
     @staticmethod
     def _wait(task: Task, timeout: float | None) -> Result:
-        """Block until the task is done; a kernel interrupt or the timeout cancels this prompt only."""
+        """Block until the task is done; the timeout cancels this prompt only."""
         finished = threading.Event()
         task.add_done_callback(lambda _task: finished.set())
-        try:
-            if not finished.wait(timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Short slices: an interrupt that is not a real signal (``_thread.interrupt_main``, as ipykernel does on
+        # Windows) is only noticed when this thread runs Python code again.
+        while not finished.wait(_WAIT_SLICE if deadline is None else min(_WAIT_SLICE, deadline - time.monotonic())):
+            if deadline is not None and time.monotonic() >= deadline:
                 task.cancel()
-                raise clean(
-                    TimeoutError(
-                        f"prompt {task.prompt_id} on {task.server} did not finish within {timeout:g} s; "
-                        "it was cancelled"
-                    )
-                ) from None
-        except KeyboardInterrupt:
-            task.cancel()
-            what = "had already finished" if task.status == "success" else "was cancelled"
-            raise clean(
-                Cancelled(
-                    f"interrupted: prompt {task.prompt_id} on {task.server} {what}",
-                    server=task.server,
-                    prompt_id=task.prompt_id,
+                message = (
+                    f"prompt {task.prompt_id} on {task.server} did not finish within {timeout:g} s; it was cancelled"
                 )
-            ) from None
+                raise clean(TimeoutError(message)) from None
         try:
             return task.result(0)
         except ComfyError as exc:
