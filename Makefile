@@ -33,7 +33,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck
-	$(PYTEST) -q -m "not real and not browser"
+	$(PYTEST) -q -n 2 -m "not real and not browser"
 
 test: lint typecheck env
 	$(PYTEST) -q
