@@ -249,6 +249,14 @@ def test_mark_ok_resets_health_and_backoff(clock: Clock) -> None:
 
 
 # -- set_servers ---------------------------------------------------------------------------------------------------
+def test_a_failed_server_forgets_its_stale_queue_length(clock: Clock) -> None:
+    pool = make_pool(clock, A, B)
+    load(pool, A, queue=4, in_flight=2)
+    pool.mark_failed(A, "boom")
+    assert pool.records[A].queue_remaining == 0  # a dead server's last broadcast says nothing any more
+    assert pool.records[A].in_flight == 2  # our own bookkeeping stays until those prompts end
+
+
 def test_set_servers_keeps_records_of_servers_that_stay(clock: Clock) -> None:
     pool = make_pool(clock, A, B)
     load(pool, A, queue=4, in_flight=2)
@@ -258,7 +266,7 @@ def test_set_servers_keeps_records_of_servers_that_stay(clock: Clock) -> None:
     assert list(pool.records) == [A, C]
     record = pool.records[A]
     assert record is kept
-    assert (record.queue_remaining, record.in_flight, record.failures, record.last_error) == (4, 2, 1, "boom")
+    assert (record.in_flight, record.failures, record.last_error) == (2, 1, "boom")
     assert record.healthy is False
     assert record.spec.headers["Authorization"].startswith("Basic ")  # the new credentials replace the old
     assert pool.records[C].load() == 0

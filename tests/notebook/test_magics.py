@@ -201,8 +201,10 @@ def test_target_stores_the_result_and_the_summary_is_displayed_once(loaded: Inte
     result = loaded.user_ns["result"]
     assert isinstance(result, Result) and result.status == "success" and result.server == fake.url
     assert result.prompt_id in fake.history_ids and len(result.files) == 1
-    widget_out, summary = captured.outputs
+    widget_out, summary = [out for out in captured.outputs if not out.update]
     assert WIDGET_MIME in widget_out.data
+    (final,) = [out for out in captured.outputs if out.update]  # the saved fallback shows the outcome
+    assert "success" in final.data["text/plain"] and WIDGET_MIME in final.data
     assert '<img src="data:image/png;base64,' in summary.data["text/html"]
     assert summary.data["text/plain"].startswith(f"comfy prompt {result.prompt_id}: success on {fake.url}")
 
@@ -211,12 +213,15 @@ def test_without_target_the_result_is_the_cell_value(loaded: InteractiveShell, f
     with capture_output() as captured:
         outcome = cell(loaded, "")
     assert outcome.success and isinstance(outcome.result, Result)
-    assert len(captured.outputs) == 1  # only the progress widget; the result is displayed as Out[n], once
+    # only the progress widget (and its final update); the result is displayed as Out[n], once
+    assert len([out for out in captured.outputs if not out.update]) == 1
     html = loaded.display_formatter.format(outcome.result)[0]["text/html"]
     assert "<img " in html
 
 
-def test_progress_widget_ends_full_with_server_and_preview(loaded: InteractiveShell, fake: FakeComfy) -> None:
+def test_progress_widget_ends_full_with_server_and_hides_the_preview_once_images_arrive(
+    loaded: InteractiveShell, fake: FakeComfy
+) -> None:
     fake.preview = True
     fake.steps = 3
     assert cell(loaded, "r <<").success
@@ -224,7 +229,7 @@ def test_progress_widget_ends_full_with_server_and_preview(loaded: InteractiveSh
     assert CSS_BOX in widget.box._dom_classes
     assert widget.bar.value == widget.bar.max and widget.bar.bar_style == "success"
     assert "success" in widget.text.value and f"server: {fake.url}" in widget.text.value
-    assert widget.preview.value and widget.preview.layout.display == ""
+    assert widget.preview.value and widget.preview.layout.display == "none"
 
 
 def test_no_wait_returns_the_task_and_its_widget_keeps_updating(loaded: InteractiveShell, fake: FakeComfy) -> None:

@@ -107,6 +107,7 @@ class Pool:
         if record is None:
             return
         record.healthy = False
+        record.queue_remaining = 0  # unknown now; a restarted server has lost its queue anyway
         record.last_error = error
         record.failures += 1
         # cap the exponent: 2 ** 1024 overflows a float after a long outage

@@ -84,7 +84,7 @@ class ServerConnection:
         spec: ServerSpec,
         options: SocketOptions,
         on_event: Callable[[ServerConnection, Event], None],
-        on_state: Callable[[ServerConnection, str, int | None], None],
+        on_state: Callable[[ServerConnection, str, int | None, str], None],
     ) -> None:
         self.spec = spec
         self.server = spec.url
@@ -128,7 +128,7 @@ class ServerConnection:
             if self.is_open:
                 return
             await self._close_current(1000)
-            self._on_state(self, "connecting", None)
+            self._on_state(self, "connecting", None, "")
             opts = self._options
             try:
                 ws = await connect(
@@ -142,14 +142,14 @@ class ServerConnection:
                     max_queue=None,  # the reader drains promptly; never apply backpressure to the server
                 )
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
-                self._on_state(self, "error", None)
                 reason = self.redact(describe(exc) or type(exc).__name__)
+                self._on_state(self, "error", None, reason)
                 raise ServerUnavailable(
                     f"cannot open a WebSocket to {self.server}: {reason}", server=self.server
                 ) from None
             self._ws = ws
             self._reader = asyncio.create_task(self._read(ws), name=f"comfy-reader {self.server}")
-            self._on_state(self, "open", None)
+            self._on_state(self, "open", None, "")
 
     async def _read(self, ws: ClientConnection) -> None:
         code: int | None = None
@@ -172,13 +172,13 @@ class ServerConnection:
             if ws is self._ws:
                 self._ws = None
                 self.running = None
-                self._on_state(self, "closed", code)
+                self._on_state(self, "closed", code, "")
 
     async def _close_current(self, code: int) -> None:
         ws, reader = self._ws, self._reader
         if ws is None:
             return
-        self._on_state(self, "closing", None)
+        self._on_state(self, "closing", None, "")
         with contextlib.suppress(Exception):
             await ws.close(code)
         if reader is not None:

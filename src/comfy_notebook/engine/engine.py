@@ -444,7 +444,7 @@ class Engine:
         elif isinstance(event, wire.Preview):
             task._update(preview=(event.mime_type, event.data))
 
-    def _on_socket(self, conn: ServerConnection, what: str, code: int | None) -> None:
+    def _on_socket(self, conn: ServerConnection, what: str, code: int | None, detail: str) -> None:
         server = conn.server
         if what == "connecting":
             self.lock.connecting(server, chosen=False)
@@ -455,7 +455,7 @@ class Engine:
             self.lock.closing(server)
         elif what == "error":
             self.lock.error(server)
-            self.pool.mark_failed(server, "WebSocket connect failed")
+            self.pool.mark_failed(server, f"WebSocket connect failed: {detail}")
         elif what == "closed":
             self.lock.closed(server, code)
             if code != 1000:

@@ -336,11 +336,11 @@ class ComfyMagics(Magics):
             self.shell.user_ns[options.target] = task  # type: ignore[union-attr]
             _display(task)
             return None
-        widget = None
+        widget = handle = None
         try:
             widget = self.progress_for(task) if self.use_widgets() else None
             if widget is not None:
-                _display(widget)
+                handle = display(widget, display_id=True)  # type: ignore[no-untyped-call]
             result = self._wait(task, options.timeout if options.timeout is not None else self.default_timeout)
         except KeyboardInterrupt:  # the kernel's stop button: cancel this prompt only, end the cell cleanly
             task.cancel()
@@ -350,6 +350,8 @@ class ComfyMagics(Magics):
         finally:
             if widget is not None:
                 widget.refresh()  # the final state, written from this cell's thread
+            if handle is not None:
+                handle.update(widget)  # so the saved static fallback shows the outcome, not "pending"
         if options.target is None:
             return result  # displayed once, by the Result formatter (summary and images)
         self.shell.user_ns[options.target] = result  # type: ignore[union-attr]

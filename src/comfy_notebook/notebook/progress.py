@@ -71,7 +71,10 @@ class ProgressWidget:
                 mime, data = preview
                 self.preview.format = mime.split("/", 1)[-1] or "jpeg"
                 self.preview.value = data
-                self.preview.layout.display = ""
+            # Shown while the prompt runs; on success the real images follow, so the stand-in goes away.
+            display = "" if preview is not None and task.status != "success" else "none"
+            if self.preview.layout.display != display:
+                self.preview.layout.display = display
 
     @staticmethod
     def _bar_values(task: Task) -> tuple[int, int]:
