@@ -101,3 +101,14 @@ def test_a_bulk_prompt_lost_in_a_restart_fails_clearly(engine: Engine, fake: Fak
     with pytest.raises(Exception, match="lost") as info:
         task.result(15)
     assert task.prompt_id in str(info.value)
+
+
+def test_bulk_harvest_reads_history_in_batches(engine: Engine, fake: FakeComfy) -> None:
+    engine.set_servers([fake.url])
+    fake.hold()
+    tasks = engine.submit_many([workflow(i) for i in range(40)])
+    wait_until(lambda: len(fake.pending_prompt_ids) == 40)
+    fake.release()  # all 40 finish faster than the harvester walks: its window must grow to catch up
+    assert all(t.result(20).status == "success" for t in tasks)
+    history_reads = [path for method, path in fake.http_log if method == "GET" and path.startswith("/history")]
+    assert len(history_reads) < 0.75 * len(tasks), history_reads  # well under one read per prompt

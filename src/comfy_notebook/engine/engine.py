@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 ServerLike = str | ServerSpec | Mapping[str, Any]
 
+#: Newest history entries read per walk of quiet prompts (ComfyUI keeps at most 10,000).
+HARVEST_WINDOW_MIN, HARVEST_WINDOW_MAX = 4, 10_000
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -465,10 +468,16 @@ class Engine:
                 self._spawn(self._recover(conn))
 
     async def _harvest(self, conn: ServerConnection) -> None:
-        """Complete quiet prompts. The server runs a client's prompts in queue-number order, so only the oldest
-        unfinished one needs asking: walk forward through ``/history/{id}`` until one is not finished yet, then wait
-        for the next ``status`` broadcast (every queue change sends one). At most ~50 walks a second, so a fast
-        queue is read in batches; a walk that stalls is caught by the silence check like any other prompt."""
+        """Complete quiet prompts with as few requests as possible (each one costs the busy server).
+
+        The server finishes a client's prompts in queue-number order, so each time a ``status`` broadcast says the
+        queue moved, one ``GET /history?max_items=k`` of the newest entries tells which of the oldest unfinished
+        ones are done; ``k`` follows how many finished last time. If none of ours is in that window, the oldest
+        may have finished before it, so it is asked for by id and the next window covers every prompt still
+        outstanding (a burst of POSTs can delay the first walk while hundreds finish). At most ~50 walks a second; a walk
+        that stalls is caught by the silence check like any other prompt.
+        """
+        window = HARVEST_WINDOW_MIN
         try:
             while True:
                 quiet = sorted(
@@ -477,25 +486,48 @@ class Engine:
                 )
                 if not quiet and not any(f.quiet and not f.done.done() for f in conn.flights.values()):
                     return
-                for flight in quiet:
-                    try:
-                        entry = await self._api.history(conn, flight.task.prompt_id)
-                    except ComfyError as exc:
-                        log.info("could not read history on %s: %s", conn.server, exc.message)
-                        break
-                    if entry is None:
-                        break
-                    if not flight.done.done():
-                        flight.done.set_result(entry)
+                found = 0
+                try:
+                    if quiet:
+                        found = await self._harvest_walk(conn, quiet, min(len(quiet), window))
+                except ComfyError as exc:
+                    log.info("could not read history on %s: %s", conn.server, exc.message)
+                if found < 0:  # the oldest had dropped out of the window: at once, read enough to cover them all
+                    window = min(HARVEST_WINDOW_MAX, len(quiet) + HARVEST_WINDOW_MIN)
+                    continue
+                if found:
+                    window = min(HARVEST_WINDOW_MAX, max(HARVEST_WINDOW_MIN, 2 * found))
                     now = time.monotonic()
-                    for other in quiet:
-                        other.last_heard = now
+                    for flight in quiet:
+                        flight.last_heard = now
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(conn.harvest_wake.wait(), 1.0)
                 conn.harvest_wake.clear()
                 await asyncio.sleep(0.02)
         finally:
             conn.harvesting = False
+
+    async def _harvest_walk(self, conn: ServerConnection, oldest_first: list[Flight], window: int) -> int:
+        """Settle the finished prompts at the head of ``oldest_first``; returns how many, or -1 when only the
+        by-id question found the oldest one (the window was too small)."""
+        recent = await self._api.recent_history(conn, window)
+        found = 0
+        for flight in oldest_first:
+            entry = wire.parse_history(recent, flight.task.prompt_id, server=conn.server)
+            if entry is None:
+                break
+            if not flight.done.done():
+                flight.done.set_result(entry)
+            found += 1
+        if found:
+            return found
+        oldest = oldest_first[0]
+        entry = await self._api.history(conn, oldest.task.prompt_id)
+        if entry is None:
+            return 0
+        if not oldest.done.done():
+            oldest.done.set_result(entry)
+        return -1
 
     async def _recover(self, conn: ServerConnection) -> None:
         """Reconnect and reconcile every in-flight prompt: missed events are never replayed."""

@@ -121,6 +121,11 @@ class ComfyHTTP:
         body = await self.get_json(conn, f"/history/{prompt_id}", timeout) or {}
         return wire.parse_history(body, prompt_id, server=conn.server)
 
+    async def recent_history(self, conn: ServerConnection, count: int) -> Any:
+        """The ``count`` most recently finished prompts of everyone, as ``GET /history?max_items=N`` returns them."""
+        body = await self.get(conn, "/history", limit=self.options.max_json_bytes, params={"max_items": str(count)})
+        return json.loads(body) if body else {}
+
     async def view(self, conn: ServerConnection, ref: wire.ImageRef) -> bytes | None:
         limit = self.options.max_file_bytes
         body = await self.get(conn, "/view", limit=limit, params=view_params(ref), missing=VIEW_MISSING)
