@@ -474,8 +474,8 @@ class Engine:
         queue moved, one ``GET /history?max_items=k`` of the newest entries tells which of the oldest unfinished
         ones are done; ``k`` follows how many finished last time. If none of ours is in that window, the oldest
         may have finished before it, so it is asked for by id and the next window covers every prompt still
-        outstanding (a burst of POSTs can delay the first walk while hundreds finish). At most ~50 walks a second; a walk
-        that stalls is caught by the silence check like any other prompt.
+        outstanding (a burst of POSTs can delay the first walk while hundreds finish). At most ~50 walks a second;
+        a walk that stalls is caught by the silence check like any other prompt.
         """
         window = HARVEST_WINDOW_MIN
         try:
