@@ -47,17 +47,34 @@ class FloorClient:
         return images
 
 
+class Floor:
+    """The floor client on a loop of its own in this thread (no threads, no hops), kept open across blocks like
+    the engine it is compared with."""
+
+    def __init__(self, url: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._client = FloorClient(url)
+        self._loop.run_until_complete(self._client.__aenter__())
+
+    def run(self, workflow: dict[str, Any]) -> list[bytes]:
+        return self._loop.run_until_complete(self._client.run(workflow))
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._client.__aexit__())
+        self._loop.close()
+
+
 def run_sequential(url: str, workflows: list[dict[str, Any]]) -> list[float]:
     """Per-prompt latencies (seconds) of the floor client, one prompt at a time."""
     import time
 
-    async def main() -> list[float]:
+    floor = Floor(url)
+    try:
         times = []
-        async with FloorClient(url) as client:
-            for workflow in workflows:
-                start = time.perf_counter()
-                await client.run(workflow)
-                times.append(time.perf_counter() - start)
+        for workflow in workflows:
+            start = time.perf_counter()
+            floor.run(workflow)
+            times.append(time.perf_counter() - start)
         return times
-
-    return asyncio.run(main())
+    finally:
+        floor.close()

@@ -26,7 +26,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import comfy_notebook as cn
-from floor import run_sequential
+from floor import Floor
 
 PREFIX = f"run-{uuid.uuid4().hex[:8]}"
 
@@ -51,28 +51,31 @@ def pct(values: list[float], q: float) -> float:
 
 
 def bench_latency(url: str, n: int, block: int = 10) -> dict[str, float]:
+    """``run()`` against the floor, in alternating blocks of ``block`` prompts so drift hits both alike."""
     engine = cn.Engine([url])
+    floor = Floor(url)
     ours: list[float] = []
-    floor: list[float] = []
+    floors: list[float] = []
     counter = iter(range(10_000_000))
     try:
         engine.run(workflow(next(counter)), timeout=60)  # warm both paths
-        run_sequential(url, [workflow(next(counter))])
+        floor.run(workflow(next(counter)))
         for _ in range(n // block):
-            for _ in range(block):
-                start = time.perf_counter()
-                engine.run(workflow(next(counter)), timeout=60)
-                ours.append(time.perf_counter() - start)
-            floor += run_sequential(url, [workflow(next(counter)) for _ in range(block)])
+            for client, times in ((lambda wf: engine.run(wf, timeout=60), ours), (floor.run, floors)):
+                for _ in range(block):
+                    start = time.perf_counter()
+                    client(workflow(next(counter)))
+                    times.append(time.perf_counter() - start)
     finally:
         engine.close()
+        floor.close()
     return {
         "n": n,
         "ours_p50_ms": 1000 * statistics.median(ours),
         "ours_p90_ms": 1000 * pct(ours, 0.9),
-        "floor_p50_ms": 1000 * statistics.median(floor),
-        "floor_p90_ms": 1000 * pct(floor, 0.9),
-        "ratio_p50": statistics.median(ours) / statistics.median(floor),
+        "floor_p50_ms": 1000 * statistics.median(floors),
+        "floor_p90_ms": 1000 * pct(floors, 0.9),
+        "ratio_p50": statistics.median(ours) / statistics.median(floors),
     }
 
 
@@ -157,7 +160,7 @@ def _our_rate(url: str, workflows: list[dict[str, Any]], *, bulk: bool) -> float
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", help="an existing ComfyUI server (default: start one)")
-    parser.add_argument("--latency-n", type=int, default=200)
+    parser.add_argument("--latency-n", type=int, default=400)
     parser.add_argument("--throughput-n", type=int, default=500)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
