@@ -157,32 +157,46 @@ class ComfyHTTP:
                 log.info("could not cancel %s on %s: %s", prompt_id, conn.server, conn.redact(describe(outcome)))
 
 
+class _SyncClients:
+    """One ``httpx.Client`` per TLS setting for the whole process: building a client builds an SSL context
+    (milliseconds), far too slow per result. ``httpx.Client`` is safe to share between threads."""
+
+    guard = threading.Lock()
+    clients: dict[bool, httpx.Client] = {}
+
+    @classmethod
+    def get(cls, verify: bool) -> httpx.Client:
+        with cls.guard:
+            client = cls.clients.get(verify)
+            if client is None:
+                client = cls.clients[verify] = httpx.Client(verify=verify, limits=httpx.Limits(max_connections=8))
+            return client
+
+
 def fetch_files(spec: ServerSpec, options: HttpOptions, refs: list[wire.ImageRef]) -> list[bytes | None]:
     """Fetch ``refs`` from ``spec``'s server now, in this thread (None for a file the server does not serve)."""
     if threading.current_thread().name == THREAD_NAME:
         raise RuntimeError("image bytes cannot be fetched on the engine's loop thread; read them from a cell")
     out: list[bytes | None] = []
     timeout = httpx.Timeout(options.timeout, connect=options.connect_timeout)
-    with httpx.Client(verify=options.verify_tls, timeout=timeout, headers=dict(spec.headers)) as client:
-        for ref in refs:
-            try:
-                with client.stream("GET", spec.http_url("/view"), params=view_params(ref)) as response:
-                    if response.status_code in VIEW_MISSING:
-                        log.warning("%s did not serve file %r (type %s)", spec.url, ref.filename, ref.type)
-                        out.append(None)
-                        continue
-                    body = bytearray()
-                    for chunk in response.iter_bytes():
-                        body += chunk
-                        if len(body) > options.max_file_bytes:
-                            raise ProtocolError(f"{spec.url} sent too large a file for /view", server=spec.url)
-            except httpx.HTTPError as exc:
-                raise ServerUnavailable(
-                    f"{spec.url} did not answer GET /view: {describe(exc)}", server=spec.url
-                ) from None
-            if response.status_code >= 400:
-                raise ServerUnavailable(
-                    f"{spec.url} answered GET /view with HTTP {response.status_code}", server=spec.url
-                )
-            out.append(bytes(body))
+    client = _SyncClients.get(options.verify_tls)
+    for ref in refs:
+        try:
+            with client.stream(
+                "GET", spec.http_url("/view"), params=view_params(ref), headers=spec.headers, timeout=timeout
+            ) as response:
+                if response.status_code in VIEW_MISSING:
+                    log.warning("%s did not serve file %r (type %s)", spec.url, ref.filename, ref.type)
+                    out.append(None)
+                    continue
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > options.max_file_bytes:
+                        raise ProtocolError(f"{spec.url} sent too large a file for /view", server=spec.url)
+        except httpx.HTTPError as exc:
+            raise ServerUnavailable(f"{spec.url} did not answer GET /view: {describe(exc)}", server=spec.url) from None
+        if response.status_code >= 400:
+            raise ServerUnavailable(f"{spec.url} answered GET /view with HTTP {response.status_code}", server=spec.url)
+        out.append(bytes(body))
     return out
