@@ -84,6 +84,9 @@ def test_progress_image_lock_and_reset(lab: Lab, lab_pool: LocalPool, page: Any,
     run_cell(page, 2, 3)
     first = bar_width_between(page, 0, 100)
     page.screenshot(path=screenshots / "02-progress.png")
+    # The panel keeps refreshing while that cell blocks the kernel: it picks up the lock the run has taken.
+    expect(locked).to_have_text(re.compile(r"locked: http://127\.0\.0\.1:\d+"), timeout=5_000)
+    expect(page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-InputPrompt")).to_have_text("[*]:")
     second = bar_width_between(page, min(first + 20, 75), 100)  # far enough along to see it in the screenshot
     assert 0 < first < second < 100
     page.screenshot(path=screenshots / "03-progress-later.png")
