@@ -47,16 +47,6 @@ LAB_STOP_TIMEOUT = 20.0
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, never via a proxy
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselection looks at the marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test in this folder ``browser`` and ``real`` (this hook sees all items, so filter by path)."""
-    here = Path(__file__).resolve().parent
-    for item in items:
-        if here in item.path.resolve().parents:
-            item.add_marker(pytest.mark.browser)
-            item.add_marker(pytest.mark.real)
-
-
 # -- real servers -------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def lab_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPool]:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from comfy_notebook.core.lock import ConnectionState, ServerLock
+from tests.core.clock import Clock
 
 A = "http://127.0.0.1:8188"
 B = "http://127.0.0.1:8189"
@@ -18,22 +19,9 @@ C = "https://gpu.example.com/comfy"
 T0 = 1_700_000_000.0
 
 
-class Clock:
-    """A settable epoch clock."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture
@@ -392,7 +380,7 @@ class LockMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.clock = Clock()
+        self.clock = Clock(T0)
         self.lock = ServerLock(clock=self.clock)
 
     def _check_unchanged_if_unwatched(self, watched_before: bool, before: tuple[object, ...]) -> None:

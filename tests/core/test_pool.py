@@ -12,28 +12,16 @@ import pytest
 from comfy_notebook.core.errors import ServerUnavailable
 from comfy_notebook.core.pool import COOLDOWN_MAX, Pool, ServerRecord
 from comfy_notebook.core.servers import ServerSpec
+from tests.core.clock import Clock
 
 A = "http://127.0.0.1:8188"
 B = "http://127.0.0.1:8189"
 C = "http://127.0.0.1:8190"
 
 
-class Clock:
-    """A settable monotonic clock."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(1000.0)
 
 
 def make_pool(clock: Clock, *urls: str, seed: int = 1234) -> Pool:

@@ -19,15 +19,6 @@ REAL_POOL_SIZE = 3
 _PORT_ATTEMPTS = 5
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselection looks at the marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test in this folder ``real`` (this hook sees all items, so filter by path)."""
-    here = Path(__file__).resolve().parent
-    for item in items:
-        if here in item.path.resolve().parents:
-            item.add_marker(pytest.mark.real)
-
-
 def start_pool(pool: LocalPool, n: int) -> list[str]:
     """Start ``n`` servers with the test nodes on a free port range, retrying if another process grabs it."""
     for attempt in range(_PORT_ATTEMPTS):
