@@ -237,11 +237,11 @@ class LocalPool:
     # -- process handling
 
     def _alive(self, rec: dict[str, Any]) -> bool:
-        pid = rec.get("pid")
-        proc = self._procs.get(pid) if isinstance(pid, int) else None
-        if proc is not None:
-            proc.poll()  # reaps our own dead child (else it stays a zombie) and keeps its exit code
-        return _is_ours_and_running(pid, rec.get("start_time"))
+        # Reap every dead child of ours (else it stays a zombie), including one that another process sharing
+        # the state file killed and replaced: then no record names its pid any more.
+        for proc in self._procs.values():
+            proc.poll()  # a no-op once reaped; the handle keeps the exit code for error messages
+        return _is_ours_and_running(rec.get("pid"), rec.get("start_time"))
 
     def _signal(self, rec: dict[str, Any], sig: signal.Signals) -> bool:
         """Signal the server's process group, only if pid AND start time still match. True if sent."""
