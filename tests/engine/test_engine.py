@@ -223,14 +223,45 @@ def test_a_hung_server_is_noticed_by_pings_and_the_task_does_not_hang(engine: En
         task.result(15)
 
 
-def test_events_lost_to_the_duplicate_client_id_bug_are_recovered_by_the_silence_check(fake: FakeComfy) -> None:
-    options = FAST.__class__(**{**FAST.__dict__, "silence_check": 1.0})
+def _deregister_our_socket(engine: Engine, fake: FakeComfy) -> None:
+    """The duplicate-clientId bug: a second socket with our client id that then closes makes ComfyUI forget OUR
+    socket, which stays open but silently receives nothing more."""
+    from websockets.sync.client import connect
+
+    client_id = engine._connections[fake.url].client_id
+    with connect(fake.url.replace("http", "ws", 1) + f"/ws?clientId={client_id}") as intruder:
+        intruder.recv(timeout=5)
+
+
+def test_a_queued_prompt_whose_events_go_missing_is_found_by_the_queue_poll(fake: FakeComfy) -> None:
+    options = FAST.__class__(**{**FAST.__dict__, "silence_check": 100.0})  # so only the queue poll can find it
     engine = Engine([fake.url], options)
     try:
-        task = engine.submit(workflow(steps=2, step_delay=0.0))
-        fake.hold()  # keep it queued, then make the server forget our socket silently
-        fake.release()
+        engine.run(workflow(0), timeout=10)
+        _deregister_our_socket(engine, fake)
+        task = engine.submit(workflow(1, steps=3, step_delay=0.05))
         assert task.result(10).status == "success"
+        assert task.progress is None  # no event ever reached us
+        assert engine.get_status()["connection_state"] == "OPEN"
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("silence_check", [1.0, 100.0])
+def test_a_running_prompt_whose_events_stop_is_found_by_the_silence_check(
+    fake: FakeComfy, silence_check: float
+) -> None:
+    options = FAST.__class__(**{**FAST.__dict__, "silence_check": silence_check})
+    engine = Engine([fake.url], options)
+    try:
+        task = engine.submit(workflow(1, steps=20, step_delay=0.05))
+        running(task)  # running prompts are not queue-polled: once events stop, only the silence check helps
+        _deregister_our_socket(engine, fake)
+        if silence_check > 10:
+            with pytest.raises(TimeoutError):  # the control: without the silence check the prompt is never seen
+                task.result(4)
+        else:
+            assert task.result(10).status == "success"
     finally:
         engine.close()
 
