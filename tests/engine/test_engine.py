@@ -42,10 +42,13 @@ def test_run_returns_outputs_and_images_from_the_server_that_ran_it(engine: Engi
     assert ("GET", f"/history/{result.prompt_id}") in fake.http_log
 
 
-def test_the_socket_is_open_before_the_post(engine: Engine, fake: FakeComfy) -> None:
+def test_the_socket_is_open_before_the_post_and_follow_ups_go_to_the_same_server(
+    engine: Engine, fake: FakeComfy
+) -> None:
     engine.set_servers([fake.url])
-    engine.run(workflow(), timeout=10)
-    assert fake.ws_connect_count == 1  # events for the prompt could only arrive because the socket came first
+    result = engine.run(workflow(), timeout=10)
+    calls = [f"{method} {path.split('?')[0]}" for method, path in fake.http_log]
+    assert calls == ["GET /ws", "POST /prompt", f"GET /history/{result.prompt_id}", "GET /view"]
 
 
 def test_status_reports_the_lock_and_servers_without_credentials(engine: Engine, fake: FakeComfy) -> None:
@@ -386,7 +389,9 @@ def test_progress_and_previews_reach_the_task(engine: Engine, fake: FakeComfy) -
         if task.progress is not None:
             seen.add(task.progress.value)
     assert task.result(1).status == "success"
-    assert (len(seen) >= 2 and task.node_class is not None) or task.node is None
+    assert len(seen) >= 2  # progress moved while we watched
+    assert (task.progress.value, task.progress.max, task.progress.node) == (5, 5, "2")
+    assert task.node == "3" and task.node_class == "SaveImage"  # the last node the server reported running
     assert task.preview is not None and task.preview[0].startswith("image/")
 
 
