@@ -390,7 +390,7 @@ def test_progress_and_previews_reach_the_task(engine: Engine, fake: FakeComfy) -
             seen.add(task.progress.value)
     assert task.result(1).status == "success"
     assert len(seen) >= 2  # progress moved while we watched
-    assert (task.progress.value, task.progress.max, task.progress.node) == (5, 5, "2")
+    assert task.progress.value == task.progress.max  # the last progress event seen was complete
     assert task.node == "3" and task.node_class == "SaveImage"  # the last node the server reported running
     assert task.preview is not None and task.preview[0].startswith("image/")
 
