@@ -35,16 +35,20 @@ def locked_open(lock: ServerLock, server: str = A) -> ServerLock:
     return lock
 
 
+#: The snapshot of a lock that holds nothing and watches no socket.
+UNLOCKED = {
+    "is_connected": False,
+    "locked_server": None,
+    "lock_timestamp": None,
+    "lock_duration": None,
+    "connection_state": "CLOSED",
+}
+
+
 # -- initial state -------------------------------------------------------------------------------------------------
 def test_initial_state_is_unlocked_and_closed(lock: ServerLock) -> None:
     assert lock.route() is None
-    assert lock.snapshot() == {
-        "is_connected": False,
-        "locked_server": None,
-        "lock_timestamp": None,
-        "lock_duration": None,
-        "connection_state": "CLOSED",
-    }
+    assert lock.snapshot() == UNLOCKED
     assert not lock.watches(A)
 
 
@@ -171,13 +175,7 @@ def test_any_other_close_code_clears_the_lock(lock: ServerLock, code: int | None
     locked_open(lock)
     lock.closed(A, code)
     assert lock.route() is None
-    assert lock.snapshot() == {
-        "is_connected": False,
-        "locked_server": None,
-        "lock_timestamp": None,
-        "lock_duration": None,
-        "connection_state": "CLOSED",
-    }
+    assert lock.snapshot() == UNLOCKED
 
 
 @pytest.mark.parametrize("code", [1001, 1006, None, 1011])
@@ -231,13 +229,7 @@ def test_reset_clears_an_open_lock(lock: ServerLock) -> None:
     locked_open(lock)
     lock.reset()
     assert lock.route() is None
-    assert lock.snapshot() == {
-        "is_connected": False,
-        "locked_server": None,
-        "lock_timestamp": None,
-        "lock_duration": None,
-        "connection_state": "CLOSED",
-    }
+    assert lock.snapshot() == UNLOCKED
 
 
 def test_reset_drops_a_candidate_being_connected(lock: ServerLock) -> None:

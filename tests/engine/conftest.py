@@ -9,7 +9,7 @@ import pytest
 from comfy_notebook.engine.connection import SocketOptions
 from comfy_notebook.engine.engine import Engine, EngineOptions
 from comfy_notebook.engine.http import HttpOptions
-from tests.fakes.fake_comfy import FakeComfy
+from tests.fakes.fake_comfy import FakeComfy, running_fake
 from tests.workflows import slow_workflow
 
 FAST = EngineOptions(
@@ -24,23 +24,14 @@ def workflow(tag: int = 0, *, steps: int = 2, step_delay: float = 0.0, output: s
     return slow_workflow(tag, steps=steps, step_seconds=step_delay, output=output)
 
 
-def _running_fake() -> Iterator[FakeComfy]:
-    server = FakeComfy()
-    server.start()
-    yield server
-    if server.frozen:
-        server.thaw()
-    server.stop()
-
-
 @pytest.fixture
 def fake() -> Iterator[FakeComfy]:
-    yield from _running_fake()
+    yield from running_fake()
 
 
 @pytest.fixture
 def fake2() -> Iterator[FakeComfy]:
-    yield from _running_fake()
+    yield from running_fake()
 
 
 @pytest.fixture

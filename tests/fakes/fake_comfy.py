@@ -25,7 +25,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -808,3 +808,14 @@ class FakeComfy(ThreadedAiohttpServer):
         else:
             frame = struct.pack(">II", 1, 1) + jpeg
         self._outbox.put_nowait((frame, cid))
+
+
+def running_fake(**settings: Any) -> Iterator[FakeComfy]:
+    """Body of a pytest fixture: a started fake that is always stopped, thawed and released first."""
+    server = FakeComfy(**settings)
+    server.start()
+    yield server
+    if server.frozen:
+        server.thaw()
+    server.release()
+    server.stop()

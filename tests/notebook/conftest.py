@@ -15,7 +15,7 @@ from comfy_notebook import api
 from comfy_notebook.engine.loop import THREAD_NAME
 from comfy_notebook.notebook import extension
 from comfy_notebook.notebook.magics import ComfyMagics
-from tests.fakes.fake_comfy import FakeComfy
+from tests.fakes.fake_comfy import FakeComfy, running_fake
 
 #: Two nodes the fake runs: an image source and an output node (with ``$``-variables where a test needs them).
 WORKFLOW = """{
@@ -56,19 +56,12 @@ def shell() -> Iterator[InteractiveShell]:
 
 @pytest.fixture
 def fake() -> Iterator[FakeComfy]:
-    server = FakeComfy(steps=2)
-    server.start()
-    yield server
-    server.release()
-    server.stop()
+    yield from running_fake(steps=2)
 
 
 @pytest.fixture
 def fake2() -> Iterator[FakeComfy]:
-    server = FakeComfy(steps=2)
-    server.start()
-    yield server
-    server.stop()
+    yield from running_fake(steps=2)
 
 
 @pytest.fixture
