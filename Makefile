@@ -32,8 +32,8 @@ chromium:
 	scripts/ensure-chromium.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check comfy_notebook tests bench examples
+	$(BIN)/ruff format --check comfy_notebook tests bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
