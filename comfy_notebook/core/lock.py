@@ -22,7 +22,7 @@ from typing import Any
 NORMAL_CLOSURE = 1000
 
 
-class ConnectionState(str, enum.Enum):
+class ConnectionState(enum.StrEnum):
     """The lock socket's state, named like the browser's ``WebSocket.readyState``."""
 
     CONNECTING = "CONNECTING"

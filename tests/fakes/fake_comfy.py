@@ -2,7 +2,7 @@
 
 The happy path is tested against real ComfyUI; this fake exists to make faults (dropped sockets, close codes,
 freezes, restarts, HTTP errors, hostile payloads) deterministic. It follows
-/work/shared/docs/comfyui-protocol.md where a client can observe the difference: routes and their `/api` twins,
+docs/protocol.md where a client can observe the difference: routes and their `/api` twins,
 the 400/200 `node_errors` shapes, per-clientId event delivery, the order `execution_success` -> history write ->
 `status` -> `executing {node: null}`, in-memory queue and history lost on restart, one serial publisher (a slow
 reader stalls everybody) and the duplicate-clientId deregistration bug.

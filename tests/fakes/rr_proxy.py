@@ -1,7 +1,7 @@
 """A per-request round-robin reverse proxy, the balancer setup that loses ComfyUI results.
 
 Every HTTP request and every WebSocket connection goes to the next upstream in turn, as nginx/haproxy round
-robin does without stickiness (see /work/shared/docs/balancing.md). It works in front of real ComfyUI servers
+robin does without stickiness (see docs/protocol.md, "Load balancers"). It works in front of real ComfyUI servers
 too: query strings, bodies, status codes and headers pass through (Host is kept, as haproxy does), and
 WebSocket frames are bridged both ways, pings and pongs included, so a frozen upstream stays detectable by
 client keepalives. A close frame's code passes through; an upstream that drops its TCP connection makes the

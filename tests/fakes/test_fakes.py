@@ -1,4 +1,4 @@
-"""The fakes must speak the protocol of /work/shared/docs/comfyui-protocol.md, or engine tests prove nothing."""
+"""The fakes must speak the protocol of docs/protocol.md, or engine tests prove nothing."""
 
 from __future__ import annotations
 
