@@ -107,9 +107,24 @@ class Cancelled(ComfyError):
 class ServerUnavailable(ComfyError, ConnectionError):
     """A server could not be reached, answered with a server error, or no server is configured."""
 
+    #: The server refused the connection: nothing listens on its port (the process is gone or restarting).
+    refused: bool = False
+
 
 class PromptLost(ComfyError):
-    """The prompt's server died or restarted and has neither a history entry nor a queue item for it."""
+    """The prompt's server died, hung or restarted and has neither a history entry nor a queue item for it.
+
+    ``why`` is the short cause shown after a failover ("moved from A to B: A <why>")."""
+
+    def __init__(
+        self, message: str, *, server: str | None = None, prompt_id: str | None = None, why: str = "lost it"
+    ) -> None:
+        super().__init__(message, server=server, prompt_id=prompt_id)
+        self.why = why
+
+
+class ConfigError(ComfyError, ValueError):
+    """A configuration mistake (a malformed server URL, an unknown mode or option): fix the call, not the server."""
 
 
 class ProtocolError(ComfyError):

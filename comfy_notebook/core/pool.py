@@ -31,6 +31,12 @@ class ServerRecord:
     last_error: str | None = None
     failures: int = 0
     cooldown_until: float = 0.0
+    # Counters for the status panel: prompts of ours that finished here, failed here, were moved away after
+    # this server lost them, and that this server finished after they had been moved (duplicates, never returned).
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    duplicates: int = 0
 
     @property
     def url(self) -> str:
@@ -130,6 +136,10 @@ class Pool:
                 "in_flight": r.in_flight,
                 "last_error": r.last_error,
                 "cooldown_remaining": round(max(0.0, r.cooldown_until - now), 3),
+                "done": r.done,
+                "failed": r.failed,
+                "retried": r.retried,
+                "duplicates": r.duplicates,
             }
             for r in self.records.values()
         ]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from comfy_notebook.core.errors import ServerUnavailable
+from comfy_notebook.core.errors import ConfigError
 
 _SCHEMES = {"http": "ws", "https": "wss"}
 
@@ -33,14 +33,14 @@ class ServerSpec:
         try:
             parts = urlsplit(text)
         except ValueError:  # e.g. "Invalid IPv6 URL", or an NFKC netloc error whose text includes the password
-            raise ServerUnavailable(f"not a ComfyUI server URL: {_redacted(raw)!r}") from None
+            raise ConfigError(f"not a ComfyUI server URL: {_redacted(raw)!r}") from None
         scheme = parts.scheme.lower()
         if scheme not in _SCHEMES or not parts.hostname:
-            raise ServerUnavailable(f"not a ComfyUI server URL: {_redacted(raw)!r} (expected http(s)://host:port)")
+            raise ConfigError(f"not a ComfyUI server URL: {_redacted(raw)!r} (expected http(s)://host:port)")
         try:
             port = parts.port
         except ValueError:
-            raise ServerUnavailable(f"bad port in server URL {_redacted(raw)!r}") from None
+            raise ConfigError(f"bad port in server URL {_redacted(raw)!r}") from None
         host = parts.hostname
         if ":" in host:  # IPv6 literal
             host = f"[{host}]"

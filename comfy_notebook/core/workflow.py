@@ -153,3 +153,22 @@ def _json_value(name: str, value: Any) -> Any:
             f"${name} is a {type(value).__name__}, which cannot be sent to ComfyUI (use a number, string, "
             "bool, list or dict)"
         ) from None
+
+
+#: Inputs that name a model file a server must load (checkpoints, diffusion models, LoRAs, VAEs, text encoders,
+#: control nets, upscalers, ...): the pool prefers a server that loaded the same files last.
+_MODEL_INPUT_SUFFIX = "_name"
+_NOT_MODELS = frozenset({"sampler_name", "scheduler_name", "filename_prefix", "image_name", "audio_name"})
+
+
+def model_files(workflow: Workflow) -> frozenset[str]:
+    """The model files a workflow loads, as ``input=value`` pairs (``ckpt_name=sd15.safetensors``)."""
+    found = set()
+    for node in workflow.values():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if not isinstance(inputs, dict):
+            continue
+        for name, value in inputs.items():
+            if name.endswith(_MODEL_INPUT_SUFFIX) and name not in _NOT_MODELS and isinstance(value, str) and value:
+                found.add(f"{name}={value}")
+    return frozenset(found)

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The close code ``websockets`` sends when our keepalive ping goes unanswered: the server hung.
+PING_TIMEOUT = 1011
+
 _STATES = {
     State.CONNECTING: ConnectionState.CONNECTING,
     State.OPEN: ConnectionState.OPEN,
@@ -65,7 +68,14 @@ class Flight:
     posted: bool = False
     number: int | None = None  # the server's queue number: quiet prompts finish in this order
     last_heard: float = field(default_factory=time.monotonic)
-    driver: asyncio.Task[None] | None = None
+    posted_at: float = 0.0  # monotonic; the watchdog's start of the "queued" phase
+    started_at: float = 0.0  # monotonic; the start of the "running" phase
+    counted: bool = False  # counted in the pool record's ``in_flight`` (see ``Runtime.release``)
+    #: This attempt's prompt id (a retry gets a fresh one, so a late finish of the old one is told apart).
+    prompt_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.prompt_id = self.prompt_id or self.task.prompt_id
 
 
 def _close_code(received: Close | None, sent: Close | None) -> int | None:
@@ -101,6 +111,7 @@ class ServerConnection:
         self._reader: asyncio.Task[None] | None = None
         self._open_lock = asyncio.Lock()
         self.recovering = False
+        self.last_event = time.monotonic()  # any frame from this server (the watchdog's sign of life)
         #: Bounds our concurrent HTTP requests to this server. Measured: hundreds of concurrent requests slow
         #: ComfyUI (one loop thread and its prompt worker share a GIL) and httpcore's pool alike; 4 at a time
         #: completed 300 queued prompts about 35% faster than unbounded (see bench/).
@@ -144,17 +155,19 @@ class ServerConnection:
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                 reason = self.redact(describe(exc) or type(exc).__name__)
                 self._on_state(self, "error", None, reason)
-                raise ServerUnavailable(
-                    f"cannot open a WebSocket to {self.server}: {reason}", server=self.server
-                ) from None
+                error = ServerUnavailable(f"cannot open a WebSocket to {self.server}: {reason}", server=self.server)
+                error.refused = isinstance(exc, ConnectionRefusedError)
+                raise error from None
             self._ws = ws
             self._reader = asyncio.create_task(self._read(ws), name=f"comfy-reader {self.server}")
             self._on_state(self, "open", None, "")
 
     async def _read(self, ws: ClientConnection) -> None:
         code: int | None = None
+        detail = ""
         try:
             async for message in ws:
+                self.last_event = time.monotonic()
                 event = parse_text(message) if isinstance(message, str) else parse_binary(message)
                 if event is None:
                     log.debug("ignored a frame from %s", self.server)
@@ -166,13 +179,15 @@ class ServerConnection:
             code = _close_code(ws.protocol.close_rcvd, ws.protocol.close_sent)
         except websockets.ConnectionClosed as exc:
             code = _close_code(exc.rcvd, exc.sent)
+            if exc.rcvd is None and exc.sent is not None and exc.sent.code == PING_TIMEOUT:
+                detail = "ping timeout"
         except Exception as exc:  # pragma: no cover - defensive: any read error is a socket error
             log.warning("WebSocket to %s failed: %s", self.server, self.redact(describe(exc)))
         finally:
             if ws is self._ws:
                 self._ws = None
                 self.running = None
-                self._on_state(self, "closed", code, "")
+                self._on_state(self, "closed", code, detail)
 
     async def _close_current(self, code: int) -> None:
         ws, reader = self._ws, self._reader

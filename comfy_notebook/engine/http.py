@@ -124,7 +124,10 @@ class ComfyHTTP:
     async def recent_history(self, conn: ServerConnection, count: int) -> Any:
         """The ``count`` most recently finished prompts of everyone, as ``GET /history?max_items=N`` returns them."""
         body = await self.get(conn, "/history", limit=self.options.max_json_bytes, params={"max_items": str(count)})
-        return json.loads(body) if body else {}
+        try:
+            return json.loads(body) if body else {}
+        except ValueError:  # a ProtocolError, which the harvest logs and survives (a JSON error would kill it)
+            raise ProtocolError(f"{conn.server} sent malformed JSON for /history", server=conn.server) from None
 
     async def view(self, conn: ServerConnection, ref: wire.ImageRef) -> bytes | None:
         limit = self.options.max_file_bytes

@@ -20,10 +20,12 @@ from PIL import Image as PILImage
 from PIL.Image import Image
 
 from comfy_notebook.core.errors import ComfyError
+from comfy_notebook.core.failover import Attempt
 from comfy_notebook.core.paths import safe_relative
 from comfy_notebook.core.protocol import ImageRef
 
-PENDING, QUEUED, RUNNING = "pending", "queued", "running"
+#: pending: not sent yet; waiting: in the client-side queue of pool mode; queued: on its server's queue.
+PENDING, WAITING, QUEUED, RUNNING = "pending", "waiting", "queued", "running"
 SUCCESS, ERROR, INTERRUPTED, CANCELLED = "success", "error", "interrupted", "cancelled"
 FINISHED = frozenset({SUCCESS, ERROR, INTERRUPTED, CANCELLED})
 
@@ -140,13 +142,20 @@ class Task:
     """A submitted prompt. ``result()`` blocks; ``await task`` works in async cells."""
 
     def __init__(self, prompt_id: str, workflow: dict[str, Any], cancel: Callable[[Task], None]) -> None:
+        self.key = prompt_id  # stable across retries; ``prompt_id`` is the current attempt's id
         self.prompt_id = prompt_id
         self.workflow = workflow
         self.server: str | None = None
         self.status = PENDING
         self.progress: Progress | None = None
         self.node: str | None = None
-        self.queue_position: int | None = None
+        self.queue_position: int | None = None  # on the server, or in the client-side queue while waiting
+        #: Every try on a server (server, prompt id, outcome, reason); more than one after a failover.
+        self.attempts: list[Attempt] = []
+        #: After a failover: "moved from A to B: A stopped answering".
+        self.moved: str | None = None
+        #: Times a server we had moved this prompt away from finished it anyway (counted, never returned).
+        self.duplicates = 0
         self.preview: tuple[str, bytes] | None = None
         self.submitted_at = time.time()
         self.started_at: float | None = None
@@ -191,6 +200,8 @@ class Task:
 
     def __repr__(self) -> str:
         bits = [f"<Task {self.status}", f"prompt_id={self.prompt_id}", f"server={self.server}"]
+        if len(self.attempts) > 1:
+            bits.append(f"attempts={len(self.attempts)}")
         if self.progress and self.status == RUNNING:
             bits.append(f"progress={self.progress.value}/{self.progress.max}")
         return " ".join(bits) + ">"

@@ -303,6 +303,10 @@ def test_snapshot_is_json_serialisable_and_has_no_credentials(clock: Clock) -> N
         "in_flight": 0,
         "last_error": "connect refused",
         "cooldown_remaining": 1.0,
+        "done": 0,
+        "failed": 0,
+        "retried": 0,
+        "duplicates": 0,
     }
     assert snap[1]["queue_remaining"] == 3
     assert snap[1]["cooldown_remaining"] == 0.0

@@ -1,0 +1,129 @@
+"""Late binding for pool mode: which waiting prompt goes to which server, and when. No I/O.
+
+Prompts wait here, client-side, in submission order. A server takes the next one only when it has room: fewer
+than ``depth`` prompts of its queue (ours, plus other clients' as its ``status`` broadcasts report them). So a fast
+server simply comes back for more sooner, and a slow one never sits on a backlog another server could have run:
+servers of different speeds need no configuration. ``depth`` 2 keeps the next prompt already queued on the server
+while one runs, so its GPU never idles waiting for our next POST.
+
+When several servers have room, the prompt goes to one that last ran the same model files (loading a checkpoint
+costs seconds on a GPU), then to the least loaded. A prompt that was lost on a server avoids it while another
+server has room. Servers cooling down after a failure (see ``Pool``) take no work.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from comfy_notebook.core.pool import Pool, ServerRecord
+
+DEFAULT_DEPTH = 2
+
+
+@dataclass(eq=False)
+class Job:
+    """A prompt waiting for a server. ``seq`` orders the queue: a retried prompt keeps its place at the front."""
+
+    key: str
+    models: frozenset[str] = frozenset()
+    avoid: frozenset[str] = frozenset()
+    seq: int = -1
+    removed: bool = field(default=False, repr=False)
+
+
+class Scheduler:
+    """The client-side queue of pool mode and the binding decision."""
+
+    def __init__(self, pool: Pool, *, depth: int = DEFAULT_DEPTH) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, not {depth}")
+        self.pool = pool
+        self.depth = depth
+        self._heap: list[tuple[int, Job]] = []
+        self._jobs: dict[str, Job] = {}
+        self._seq = itertools.count()
+        #: The model files each server ran last, for the model preference.
+        self.last_models: dict[str, frozenset[str]] = {}
+
+    # -- the queue ----------------------------------------------------------------------------------------------------
+    def add(self, job: Job) -> Job:
+        """Queue ``job`` at the back, or at its old place when it already had one (a retry)."""
+        if job.key in self._jobs:
+            raise ValueError(f"{job.key} is already waiting")
+        if job.seq < 0:
+            job.seq = next(self._seq)
+        job.removed = False
+        self._jobs[job.key] = job
+        heapq.heappush(self._heap, (job.seq, job))
+        return job
+
+    def remove(self, key: str) -> bool:
+        """Take a waiting job out (cancelled); False if it was not waiting."""
+        job = self._jobs.pop(key, None)
+        if job is None:
+            return False
+        job.removed = True  # lazily dropped from the heap
+        return True
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._jobs
+
+    def positions(self) -> dict[str, int]:
+        """Each waiting job's place in the client-side queue (0 = next to be bound)."""
+        ordered = sorted(self._jobs.values(), key=lambda j: j.seq)
+        return {job.key: i for i, job in enumerate(ordered)}
+
+    # -- room ---------------------------------------------------------------------------------------------------------
+    def load(self, record: ServerRecord) -> int:
+        """Prompts ahead of a new one on this server: ours outstanding there, or its reported queue if larger
+        (other clients' work; ours is counted in it once the server has broadcast it)."""
+        return max(record.in_flight, record.queue_remaining)
+
+    def room(self, record: ServerRecord) -> int:
+        if self.pool.cooling(record):
+            return 0
+        return max(0, self.depth - self.load(record))
+
+    def free_servers(self) -> list[ServerRecord]:
+        return [r for r in self.pool.records.values() if self.room(r) > 0]
+
+    # -- binding ------------------------------------------------------------------------------------------------------
+    def assign(self) -> list[tuple[Job, str]]:
+        """Bind waiting jobs, oldest first, while some server has room. The caller records each binding (the
+        server's ``in_flight`` grows by one per job) before the next call."""
+        bound: list[tuple[Job, str]] = []
+        free = {r.url: r for r in self.free_servers()}
+        room = {url: self.room(r) for url, r in free.items()}
+        while free and self._heap:
+            _, job = self._heap[0]
+            if job.removed:
+                heapq.heappop(self._heap)
+                continue
+            url = self.choose(job, free.values(), room)
+            heapq.heappop(self._heap)
+            del self._jobs[job.key]
+            bound.append((job, url))
+            self.last_models[url] = job.models or self.last_models.get(url, frozenset())
+            room[url] -= 1
+            if room[url] <= 0:
+                del free[url]
+        return bound
+
+    def choose(self, job: Job, free: Iterable[ServerRecord], room: dict[str, int]) -> str:
+        """Among servers with room: not one that lost this job if another will do, then the most model files in
+        common with what the server ran last, then the most room (least loaded), then configuration order."""
+        candidates = list(free)
+        fresh = [r for r in candidates if r.url not in job.avoid]
+        candidates = fresh or candidates
+
+        def score(record: ServerRecord) -> tuple[int, int]:
+            shared = len(job.models & self.last_models.get(record.url, frozenset())) if job.models else 0
+            return (shared, room[record.url])
+
+        return max(candidates, key=score).url  # max keeps the first of equals: configuration order

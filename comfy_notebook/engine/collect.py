@@ -1,0 +1,71 @@
+"""Turn a finished prompt into a ``Result`` (or its error): history and images from the prompt's own server,
+never from another one."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+
+from comfy_notebook.core import protocol as wire
+from comfy_notebook.core.errors import ComfyError, PromptInterrupted, ProtocolError, ServerUnavailable
+from comfy_notebook.engine.connection import Flight, ServerConnection
+from comfy_notebook.engine.http import ComfyHTTP, HttpOptions, fetch_files
+from comfy_notebook.engine.task import Result
+
+
+async def collect(
+    api: ComfyHTTP,
+    flight: Flight,
+    conn: ServerConnection,
+    entry: wire.HistoryEntry | None,
+    *,
+    retry_delays: tuple[float, ...],
+    http: HttpOptions,
+) -> Result:
+    """The result of ``flight`` on ``conn``; raises the prompt's error (execution, interrupt) with the partial
+    result attached."""
+    task, prompt_id = flight.task, flight.prompt_id
+    for i, delay in enumerate(retry_delays):  # transient failures and the history-write race get a few tries
+        if entry is not None:
+            break
+        await asyncio.sleep(delay)
+        try:
+            entry = await api.history(conn, prompt_id)
+        except ServerUnavailable:
+            if i == len(retry_delays) - 1:
+                raise
+    if entry is None:
+        raise ProtocolError(
+            f"{conn.server} reported prompt {prompt_id} finished but has no history for it",
+            server=conn.server,
+            prompt_id=prompt_id,
+        )
+    refs = entry.images()
+    # Temp files are wiped when a server restarts, so they come now; so does everything for prompts someone
+    # watches. Bulk (quiet) results fetch files the server keeps on disk on first use.
+    now = [ref for ref in refs if not flight.quiet or ref.type != "output"]
+    data = await asyncio.gather(*(api.view(conn, ref) for ref in now))
+    fetched = {ref: blob for ref, blob in zip(now, data, strict=True) if blob is not None}
+    result = Result(
+        prompt_id,
+        conn.server,
+        entry.status,
+        outputs=entry.outputs,
+        refs=refs,
+        fetched=fetched,
+        fetch=functools.partial(fetch_files, conn.spec, http),
+        elapsed=time.time() - task.submitted_at,
+    )
+    if entry.status == "success":
+        return result
+    if entry.status == "interrupted":
+        error: ComfyError = PromptInterrupted(
+            f"prompt {prompt_id} was interrupted on {conn.server}", server=conn.server, prompt_id=prompt_id
+        )
+    else:
+        error = entry.error(conn.server) or ComfyError(
+            f"prompt {prompt_id} failed on {conn.server}", server=conn.server, prompt_id=prompt_id
+        )
+    error.result = result
+    raise error
