@@ -14,6 +14,7 @@ from comfy_notebook.api import (
     lock,
     reset,
     run,
+    set_mode,
     set_servers,
     shutdown,
     submit,
@@ -22,6 +23,7 @@ from comfy_notebook.api import (
 from comfy_notebook.core.errors import (
     Cancelled,
     ComfyError,
+    ConfigError,
     ExecutionError,
     PromptInterrupted,
     PromptLost,
@@ -41,6 +43,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Cancelled",
     "ComfyError",
+    "ConfigError",
     "Engine",
     "EngineOptions",
     "ExecutionError",
@@ -60,6 +63,7 @@ __all__ = [
     "lock",
     "reset",
     "run",
+    "set_mode",
     "set_servers",
     "shutdown",
     "submit",

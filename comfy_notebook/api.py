@@ -2,7 +2,7 @@
 
 One engine per process (per kernel): every cell, the magics and the status panel share its lock and pool.
 It starts lazily on first use, reading ``COMFY_SERVERS`` (URLs separated by commas or spaces) when no servers
-were set explicitly.
+were set explicitly, and ``COMFY_MODE`` (``lock`` or ``pool``) when no options were given.
 """
 
 from __future__ import annotations
@@ -27,17 +27,23 @@ class _Shared:
 
 
 ENV_SERVERS = "COMFY_SERVERS"
+ENV_MODE = "COMFY_MODE"
 
 
 def servers_from_env() -> list[str]:
     return [url for url in re.split(r"[,\s]+", os.environ.get(ENV_SERVERS, "")) if url]
 
 
+def options_from_env() -> EngineOptions:
+    mode = os.environ.get(ENV_MODE, "").strip().lower()
+    return EngineOptions(mode=mode) if mode else EngineOptions()
+
+
 def get_engine(options: EngineOptions | None = None) -> Engine:
     """The shared engine, started on first use."""
     with _Shared.guard:
         if _Shared.engine is None or _Shared.engine.closed:
-            _Shared.engine = Engine(servers_from_env(), options)
+            _Shared.engine = Engine(servers_from_env(), options or options_from_env())
         return _Shared.engine
 
 
@@ -47,6 +53,12 @@ def set_servers(servers: Iterable[ServerLike]) -> list[str]:
     if isinstance(servers, str):
         servers = [servers]
     return get_engine().set_servers(servers)
+
+
+def set_mode(mode: str) -> str:
+    """``"lock"`` (the default: the original fix, new work goes to the locked server) or ``"pool"`` (every
+    server at once: prompts wait client-side and go to whichever server has room)."""
+    return get_engine().set_mode(mode)
 
 
 def submit(workflow: Workflow | str | Path, *, server: ServerLike | None = None, progress: bool = True) -> Task:
