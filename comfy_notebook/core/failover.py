@@ -57,11 +57,18 @@ def reason_of(error: BaseException) -> str:
     return f"failed ({type(error).__name__})"
 
 
-def exhausted(error: ComfyError, attempts: list[Attempt]) -> PromptLost:
-    """The error after the last try: every server tried, in order, with what happened there."""
+def exhausted(error: ComfyError, attempts: list[Attempt]) -> ComfyError:
+    """The error after the last try: every server tried, in order, with what happened there. A prompt that never
+    reached any server is ``ServerUnavailable``; one that some server lost is ``PromptLost``."""
     tried = "; ".join(f"{a.server} {a.reason or a.outcome}" for a in attempts)
     servers = {a.server for a in attempts}
     plural = "attempts" if len(attempts) != 1 else "attempt"
+    if tries(attempts) == 0:
+        unreachable = ServerUnavailable(
+            f"no server could be reached for prompt {error.prompt_id}: {tried}", server=error.server
+        )
+        unreachable.prompt_id = error.prompt_id
+        return unreachable
     lost = PromptLost(
         f"{error.message} [{len(attempts)} {plural} on {len(servers)} server(s): {tried}]",
         server=error.server,

@@ -122,6 +122,11 @@ class ServerConnection:
         return ConnectionState.CLOSED if self._ws is None else _STATES[self._ws.state]
 
     @property
+    def opening(self) -> bool:
+        """A connect (or close) is in progress."""
+        return self._open_lock.locked()
+
+    @property
     def is_open(self) -> bool:
         return self._ws is not None and self._ws.state is State.OPEN
 

@@ -34,6 +34,7 @@ class Control:
         # Servers that left the pool: their prompts finish where they run; idle sockets close now.
         for url in [u for u in rt.connections if u not in rt.pool.records and u not in rt.transient]:
             await rt.retire(url)
+        rt.warm_pool()
         rt.pump()  # a new server takes waiting work at once
         return [s.url for s in specs]
 
@@ -48,6 +49,7 @@ class Control:
                     spec = self.dispatcher.route(set())
                     waiting.bound.set_result(self.dispatcher.new_flight(waiting.task, spec, waiting.quiet))
             rt.waiting.clear()
+        rt.warm_pool()
         rt.pump()
         return rt.mode
 

@@ -101,6 +101,8 @@ class Dispatcher:
         flight = Flight(task, asyncio.get_running_loop().create_future(), quiet=quiet)
         task.attempts.append(Attempt(spec.url, flight.prompt_id, failover.CONNECTING))
         self.rt.attach(flight, spec)
+        if task.status == WAITING:
+            task._update(status=PENDING, queue_position=None)
         return flight
 
     # -- pool mode: the client-side queue -----------------------------------------------------------------------------

@@ -120,6 +120,7 @@ class Recovery:
 
     def tick(self, now: float) -> None:
         rt, options = self.rt, self.rt.options
+        rt.warm_pool()
         rt.pump()
         self.refresh_positions()
         for conn in list(rt.connections.values()):

@@ -6,19 +6,21 @@ hold this object; only the loop thread touches it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from comfy_notebook.core.errors import ServerUnavailable
 from comfy_notebook.core.lock import ServerLock
 from comfy_notebook.core.pool import Pool
 from comfy_notebook.core.scheduler import Job, Scheduler
 from comfy_notebook.core.servers import ServerSpec
 from comfy_notebook.engine.connection import Flight, ServerConnection
 from comfy_notebook.engine.http import ComfyHTTP
-from comfy_notebook.engine.options import EngineOptions
+from comfy_notebook.engine.options import POOL, EngineOptions
 from comfy_notebook.engine.task import Task
 
 log = logging.getLogger(__name__)
@@ -141,6 +143,21 @@ class Runtime:
             record.duplicates += 1
         log.info("%s finished prompt %s after it had been moved: counted as a duplicate", server, prompt_id)
         return True
+
+    def warm_pool(self) -> None:
+        """Pool mode: keep a socket open to every server that is not cooling down. Its ``status`` broadcasts
+        tell its load (other clients' queue included) before any work is bound to it, and a server that comes
+        back is noticed without waiting for a prompt."""
+        if self.mode != POOL:
+            return
+        for record in self.pool.records.values():
+            conn = self.connection(record.spec)
+            if not (conn.is_open or conn.opening or self.pool.cooling(record)):
+                self.spawn(self._warm(conn), f"connecting to {record.url}")
+
+    async def _warm(self, conn: ServerConnection) -> None:
+        with contextlib.suppress(ServerUnavailable):  # the failure is recorded (cooldown) by the socket callback
+            await conn.ensure_open()
 
     def live_flights(self, conn: ServerConnection) -> list[Flight]:
         return [f for f in conn.flights.values() if f.posted and not f.done.done()]
