@@ -42,7 +42,10 @@ class Scheduler:
             raise ValueError(f"depth must be at least 1, not {depth}")
         self.pool = pool
         self.depth = depth
-        self._heap: list[tuple[int, Job]] = []
+        # (seq, push order, job): a job re-added with its old seq may meet its own removed entry, and Jobs do not
+        # compare, so the push order breaks the tie.
+        self._heap: list[tuple[int, int, Job]] = []
+        self._pushes = itertools.count()
         self._jobs: dict[str, Job] = {}
         self._seq = itertools.count()
         #: The model files each server ran last, for the model preference.
@@ -57,7 +60,7 @@ class Scheduler:
             job.seq = next(self._seq)
         job.removed = False
         self._jobs[job.key] = job
-        heapq.heappush(self._heap, (job.seq, job))
+        heapq.heappush(self._heap, (job.seq, next(self._pushes), job))
         return job
 
     def remove(self, key: str) -> bool:
@@ -101,8 +104,8 @@ class Scheduler:
         free = {r.url: r for r in self.free_servers()}
         room = {url: self.room(r) for url, r in free.items()}
         while free and self._heap:
-            _, job = self._heap[0]
-            if job.removed:
+            _, _, job = self._heap[0]
+            if self._jobs.get(job.key) is not job:  # removed, or a stale entry of a job added again
                 heapq.heappop(self._heap)
                 continue
             url = self.choose(job, free.values(), room)

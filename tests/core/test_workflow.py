@@ -17,6 +17,7 @@ from comfy_notebook.core.errors import WorkflowError
 from comfy_notebook.core.workflow import (
     is_ui_format,
     load_workflow,
+    model_files,
     parse_workflow,
     substitute,
     validate,
@@ -430,3 +431,94 @@ def test_substitution_of_dollar_strings_is_lookup_or_identity(text: str) -> None
         assert result == text[1:]
     else:
         assert result == text
+
+
+# -- model files -----------------------------------------------------------------------------------------------------
+MODEL_GRAPH: dict[str, Any] = {
+    "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+    "2": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}},
+    "3": {
+        "class_type": "LoraLoader",
+        "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": "style.safetensors", "strength_model": 1.0},
+    },
+    "4": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+    "5": {
+        "class_type": "KSampler",
+        "inputs": {"model": ["3", 0], "sampler_name": "euler", "scheduler": "normal", "seed": 1, "steps": 20},
+    },
+    "6": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "ComfyUI"}},
+    "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["4", 0]}},
+}
+
+
+def test_model_files_are_the_name_inputs_as_input_equals_value() -> None:
+    assert model_files(MODEL_GRAPH) == {
+        "ckpt_name=sd15.safetensors",
+        "unet_name=flux1-dev.safetensors",
+        "lora_name=style.safetensors",
+        "vae_name=ae.safetensors",
+    }
+    assert isinstance(model_files(MODEL_GRAPH), frozenset)
+
+
+def test_model_files_ignore_names_that_are_not_models() -> None:
+    graph = node(
+        {
+            "sampler_name": "euler",
+            "scheduler_name": "karras",
+            "filename_prefix": "out/nb",
+            "image_name": "input.png",
+            "audio_name": "clip.wav",
+        }
+    )
+    assert model_files(graph) == frozenset()
+
+
+def test_model_files_of_other_loaders_are_found_too() -> None:
+    graph = node({"clip_name": "t5xxl.safetensors", "control_net_name": "canny.pth", "model_name": "4x.pth"})
+    assert model_files(graph) == {"clip_name=t5xxl.safetensors", "control_net_name=canny.pth", "model_name=4x.pth"}
+
+
+@pytest.mark.parametrize("value", [3, 1.5, None, True, "", {"a": 1}], ids=repr)
+def test_model_files_ignore_values_that_are_not_file_names(value: Any) -> None:
+    assert model_files(node({"ckpt_name": value})) == frozenset()
+
+
+def test_model_files_ignore_links() -> None:
+    graph = {
+        "1": {"class_type": "PrimitiveString", "inputs": {"value": "sd15.safetensors"}},
+        "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ["1", 0]}},
+    }
+    assert model_files(graph) == frozenset()
+
+
+def test_model_files_name_each_file_once_and_keep_the_input_name() -> None:
+    graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
+        "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
+        "3": {"class_type": "UNETLoader", "inputs": {"unet_name": "a.safetensors"}},
+    }
+    assert model_files(graph) == {"ckpt_name=a.safetensors", "unet_name=a.safetensors"}
+
+
+def test_model_files_of_workflows_without_loaders_or_with_odd_nodes_are_empty() -> None:
+    assert model_files(GRAPH) == frozenset()
+    assert model_files({}) == frozenset()
+    odd: dict[str, Any] = {
+        "1": {"class_type": "X"},
+        "2": {"class_type": "X", "inputs": None},
+        "3": {"class_type": "X", "inputs": ["ckpt_name", "a.safetensors"]},
+        "4": "not a node",
+    }
+    assert model_files(odd) == frozenset()
+
+
+def test_model_files_tell_workflows_apart_by_their_models() -> None:
+    other = copy.deepcopy(MODEL_GRAPH)
+    other["1"]["inputs"]["ckpt_name"] = "sdxl.safetensors"
+    other["5"]["inputs"]["seed"] = 2
+    assert model_files(other) != model_files(MODEL_GRAPH)
+    assert model_files(other) - model_files(MODEL_GRAPH) == {"ckpt_name=sdxl.safetensors"}
+    reseeded = copy.deepcopy(MODEL_GRAPH)
+    reseeded["5"]["inputs"]["seed"] = 99
+    assert model_files(reseeded) == model_files(MODEL_GRAPH)
