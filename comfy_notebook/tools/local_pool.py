@@ -23,10 +23,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -46,6 +47,9 @@ _STOP_TIMEOUT = 10.0
 _KILL_TIMEOUT = 5.0
 _POLL_INTERVAL = 0.2
 _LOG_TAIL_LINES = 40
+# Speed factor of the test node SlowSteps (tests/comfy_nodes): 0.5 = each sleep takes twice as long. Lets one pool
+# mix fast and slow servers for pool-mode tests and benchmarks.
+SPEED_ENV = "COMFY_NOTEBOOK_SPEED"
 # Loopback only, and never through a proxy from the environment.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -85,16 +89,16 @@ def default_state_dir() -> Path:
 # ---------------------------------------------------------------- process identity (/proc)
 
 
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, pgid, start time in clock ticks) of ``pid``, or None if there is no such process."""
+def _proc_stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, pgid, start time in clock ticks, thread count) of ``pid``, or None if there is no such process."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # The command name (field 2) is in parentheses and may contain spaces or ')': split after the last ')'.
     fields = raw[raw.rfind(")") + 2 :].split()
-    # fields[0] is field 3 (state); pgid is field 5; starttime is field 22.
-    return fields[0], int(fields[2]), int(fields[19])
+    # fields[0] is field 3 (state); pgid is field 5; num_threads is field 20; starttime is field 22.
+    return fields[0], int(fields[2]), int(fields[19]), int(fields[17])
 
 
 def process_start_time(pid: int) -> int | None:
@@ -104,10 +108,19 @@ def process_start_time(pid: int) -> int | None:
 
 
 def _is_ours_and_running(pid: int | None, start_time: int | None) -> bool:
+    """True while our process exists and is not fully dead.
+
+    A SIGKILLed multi-threaded process (ComfyUI) shows its leader as a zombie while its other threads still exit;
+    its files, the listening socket among them, close only with the last thread (tens of ms for a big process).
+    Counting that as dead would let ``kill`` return while the port still accepts connections.
+    """
     if pid is None or start_time is None:
         return False
     stat = _proc_stat(pid)
-    return stat is not None and stat[2] == start_time and stat[0] != "Z"
+    if stat is None or stat[2] != start_time:
+        return False
+    state, _, _, threads = stat
+    return state not in ("Z", "X") or threads > 1
 
 
 # ---------------------------------------------------------------- ports and HTTP
@@ -165,11 +178,13 @@ class LocalPool:
     Typical use from tests::
 
         with LocalPool(tmp_dir) as pool:
-            urls = pool.start(3, base_port=find_free_base_port(3), custom_nodes=[nodes_dir])
-            pool.kill(1); pool.restart(1)
+            urls = pool.start(3, base_port=find_free_base_port(3), custom_nodes=[nodes_dir], speeds=[1, 1, 0.5])
+            pool.kill(1); pool.restart(1)                        # crash it, then bring it back on the same port
+            pool.kill(urls[2]); pool.restart(urls[2], wait=False); pool.wait_ready([2])
 
     Every method re-reads the state file, so a second ``LocalPool`` on the same folder (another process, the
-    CLI) sees and controls the same servers. Mutating calls hold an ``fcntl`` lock on the folder.
+    CLI) sees and controls the same servers. Mutating calls hold an ``fcntl`` lock on the folder, and a thread
+    lock, so one object may be shared by threads (a chaos thread killing servers while a test reads status).
     """
 
     def __init__(self, state_dir: Path | str | None = None) -> None:
@@ -177,6 +192,7 @@ class LocalPool:
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # pid -> handle of children we started (reaping)
         self._lock_depth = 0
         self._lock_handle: Any = None
+        self._thread_lock = threading.RLock()  # the depth counter below is per object, so threads must queue
 
     # -- context manager: always take the servers down, even when the body raised
 
@@ -211,35 +227,42 @@ class LocalPool:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Exclusive lock on the state folder; re-entrant within this object (flock is not, per open file)."""
-        if self._lock_depth == 0:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            handle = (self.state_dir / LOCK_FILE).open("a+")
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            self._lock_handle = handle
-        self._lock_depth += 1
-        try:
-            yield
-        finally:
-            self._lock_depth -= 1
+        """Exclusive lock on the state folder; re-entrant within this object's thread (flock is not, per open file)."""
+        with self._thread_lock:
             if self._lock_depth == 0:
-                handle = self._lock_handle
-                self._lock_handle = None
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-                handle.close()
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+                handle = (self.state_dir / LOCK_FILE).open("a+")
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                self._lock_handle = handle
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0:
+                    handle = self._lock_handle
+                    self._lock_handle = None
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                    handle.close()
 
-    def _server(self, state: dict[str, Any], i: int) -> dict[str, Any]:
+    def _server(self, state: dict[str, Any], server: int | str) -> dict[str, Any]:
+        """The record of ``server``: an index, or a URL as returned by :meth:`start` (a trailing ``/`` is fine)."""
         servers: list[dict[str, Any]] = state["servers"]
-        if not 0 <= i < len(servers):
-            raise LocalPoolError(f"no server {i} in the pool at {self.state_dir} ({len(servers)} servers)")
-        return servers[i]
+        if isinstance(server, str):
+            for rec in servers:
+                if rec["url"] == server.rstrip("/"):
+                    return rec
+            raise LocalPoolError(f"no server {server} in the pool at {self.state_dir}")
+        if not 0 <= server < len(servers):
+            raise LocalPoolError(f"no server {server} in the pool at {self.state_dir} ({len(servers)} servers)")
+        return servers[server]
 
     # -- process handling
 
     def _alive(self, rec: dict[str, Any]) -> bool:
         # Reap every dead child of ours (else it stays a zombie), including one that another process sharing
         # the state file killed and replaced: then no record names its pid any more.
-        for proc in self._procs.values():
+        for proc in list(self._procs.values()):  # a copy: another thread may be launching
             proc.poll()  # a no-op once reaped; the handle keeps the exit code for error messages
         return _is_ours_and_running(rec.get("pid"), rec.get("start_time"))
 
@@ -339,6 +362,8 @@ class LocalPool:
         *,
         gpu_per_server: bool = False,
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
+        speeds: Sequence[float] | None = None,
+        env_for: Callable[[int], Mapping[str, str]] | None = None,
     ) -> list[str]:
         """Start ``n`` servers in parallel and return their URLs once all answer ``GET /prompt``.
 
@@ -346,11 +371,29 @@ class LocalPool:
         With it, ``python`` defaults to the running interpreter (a user's own ComfyUI checkout and venv).
         ``custom_nodes`` are folders that *contain* custom node packages. ``gpu_per_server`` gives server i
         ``CUDA_VISIBLE_DEVICES=i`` and drops ``--cpu``. On any failure the servers started so far are stopped.
+
+        ``speeds[i]`` sets server i's ``COMFY_NOTEBOOK_SPEED`` (the test node's speed factor: 0.5 = half speed) and
+        ``env_for(i)`` adds any other variables (applied last, so it wins). Both are stored in the state file, so
+        :meth:`restart` brings a server back with the same environment.
         """
         if n < 1:
             raise LocalPoolError(f"need at least one server, got {n}")
         if not 1 <= base_port <= 65535 - n + 1:
             raise LocalPoolError(f"ports {base_port}..{base_port + n - 1} are not valid TCP ports")
+        if speeds is not None:
+            if len(speeds) != n:
+                raise LocalPoolError(f"got {len(speeds)} speeds for {n} servers")
+            bad = [s for s in speeds if not (isinstance(s, int | float) and 0 < s < float("inf"))]
+            if bad:
+                raise LocalPoolError(f"speeds must be positive finite numbers (1.0 = full speed), got {bad}")
+        extra_envs: list[dict[str, str]] = []
+        for i in range(n):
+            extra: dict[str, str] = {}
+            if speeds is not None:
+                extra[SPEED_ENV] = repr(float(speeds[i]))
+            if env_for is not None:
+                extra.update(env_for(i))
+            extra_envs.append(extra)
         if comfyui_dir is None:
             env = ensure_env()
             comfy_dir = env.comfyui_dir
@@ -391,9 +434,9 @@ class LocalPool:
                 "servers": [],
             }
             for i in range(n):
-                state["servers"].append(
-                    self._record(i, base_port + i, comfy_dir, py, extra_args, gpu_per_server=gpu_per_server)
-                )
+                rec = self._record(i, base_port + i, comfy_dir, py, extra_args, gpu_per_server=gpu_per_server)
+                rec["env"].update(extra_envs[i])
+                state["servers"].append(rec)
             try:
                 for rec in state["servers"]:
                     self._launch(rec)
@@ -470,30 +513,64 @@ class LocalPool:
             )
         return result
 
-    def kill(self, i: int) -> None:
-        """SIGKILL server ``i``'s process group, like a crash (no cleanup); returns once it is gone."""
+    def alive(self, server: int | str) -> bool:
+        """True if our process for ``server`` (index or URL) runs; no HTTP probe, so cheap enough to poll."""
+        return self._alive(self._server(self._load(), server))
+
+    def kill(self, server: int | str) -> None:
+        """SIGKILL ``server``'s (index or URL) process group, like a crash (no cleanup); returns once it is gone.
+
+        A server that is not running (or a pid that is no longer ours) is left alone. The record stays, so
+        :meth:`restart` brings it back on the same port with the same folders.
+        """
         with self._locked():
-            rec = self._server(self._load(), i)
+            rec = self._server(self._load(), server)
             if self._signal(rec, signal.SIGKILL) and not self._wait_dead(rec, _KILL_TIMEOUT):
-                raise LocalPoolError(f"server {i} (pid {rec['pid']}) survived SIGKILL")
+                raise LocalPoolError(f"server {server} (pid {rec['pid']}) survived SIGKILL")
 
-    def stop(self, i: int, timeout: float = _STOP_TIMEOUT) -> None:
-        """Stop server ``i`` (SIGTERM, then SIGKILL after ``timeout``); its record and folders stay."""
+    def stop(self, server: int | str, timeout: float = _STOP_TIMEOUT) -> None:
+        """Stop ``server`` (SIGTERM, then SIGKILL after ``timeout``); its record and folders stay."""
         with self._locked():
-            self._terminate(self._server(self._load(), i), timeout)
+            self._terminate(self._server(self._load(), server), timeout)
 
-    def restart(self, i: int, ready_timeout: float = DEFAULT_READY_TIMEOUT) -> str:
-        """(Re)start server ``i`` with the same port, folders and flags; returns its URL once it answers."""
+    def restart(self, server: int | str, ready_timeout: float = DEFAULT_READY_TIMEOUT, *, wait: bool = True) -> str:
+        """(Re)start ``server`` with the same port, folders, flags and environment; returns its URL.
+
+        With ``wait`` (the default) it returns once the server answers ``GET /prompt``. ``wait=False`` returns as
+        soon as the process is started (a real ComfyUI needs 9-18 s more), so a caller such as a chaos thread is
+        not blocked; :meth:`wait_ready` waits later. The state file names the new pid either way.
+        """
         with self._locked():
             state = self._load()
-            rec = self._server(state, i)
+            rec = self._server(state, server)
             self._terminate(rec)
-            if port_in_use(rec["port"]):
-                raise PortInUseError(f"port {rec['port']} for server {i} is now taken by another process")
+            self._wait_port_free(rec)
             self._launch(rec)
             self._save(state)
-            self._wait_ready([rec], ready_timeout)
+            if wait:
+                self._wait_ready([rec], ready_timeout)
             return str(rec["url"])
+
+    def wait_ready(
+        self, servers: Sequence[int | str] | None = None, timeout: float = DEFAULT_READY_TIMEOUT
+    ) -> list[str]:
+        """Wait until ``servers`` (default: all) answer ``GET /prompt``; returns their URLs.
+
+        Raises :class:`ServerStartError` with the log tail if one is not running or exits, or on timeout.
+        """
+        with self._locked():
+            state = self._load()
+            chosen = state["servers"] if servers is None else [self._server(state, s) for s in servers]
+            self._wait_ready(chosen, timeout)
+            return [str(rec["url"]) for rec in chosen]
+
+    def _wait_port_free(self, rec: dict[str, Any], timeout: float = _KILL_TIMEOUT) -> None:
+        """Poll until the server's port can be bound: a killed group's last process may hold it for a moment."""
+        deadline = time.monotonic() + timeout
+        while port_in_use(rec["port"]):
+            if time.monotonic() >= deadline:
+                raise PortInUseError(f"port {rec['port']} for server {rec['index']} is now taken by another process")
+            time.sleep(_POLL_INTERVAL)
 
     def down(self) -> None:
         """Stop every server of the pool (in parallel) and forget it; folders and logs are kept."""

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from comfy_notebook.tools import local_pool
 from comfy_notebook.tools.local_pool import (
+    SPEED_ENV,
     LocalPool,
     LocalPoolError,
     PortInUseError,
@@ -29,6 +34,7 @@ from comfy_notebook.tools.local_pool import (
     find_free_base_port,
     process_start_time,
 )
+from tests.workflows import slow_workflow
 
 TEST_NODES_DIR = Path(__file__).resolve().parent.parent / "comfy_nodes"
 
@@ -41,6 +47,13 @@ FAKE_MAIN = textwrap.dedent(
     args, _ = parser.parse_known_args()
     print("fake-comfy argv", json.dumps(sys.argv[1:]), flush=True)
     print("fake-comfy CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)
+    print("fake-comfy COMFY_NOTEBOOK_SPEED", os.environ.get("COMFY_NOTEBOOK_SPEED"), flush=True)
+    print("fake-comfy FAKE_COMFY_TAG", os.environ.get("FAKE_COMFY_TAG"), flush=True)
+    gate = os.environ.get("FAKE_COMFY_GATE")
+    if gate:  # serve only once the test creates this file: "started but not ready yet", deterministically
+        import time
+        while not os.path.exists(gate):
+            time.sleep(0.02)
     if os.environ.get("FAKE_COMFY_MODE") == "crash":
         print("fake-comfy boom", flush=True)
         sys.exit(3)
@@ -208,6 +221,106 @@ def test_kill_restart_stop_on_fake_servers(pool: LocalPool, fake_comfy: Path) ->
         pool.kill(5)
 
 
+def log_since_last_start(pool: LocalPool, i: int) -> str:
+    """Server ``i``'s log from its latest (re)start on: what the current process printed."""
+    rec = json.loads(pool.state_file.read_text())["servers"][i]
+    with open(rec["log"], "rb") as fh:
+        fh.seek(rec["log_offset"])
+        return fh.read().decode()
+
+
+def connection_refused(url: str) -> bool:
+    """True if a TCP connect to the URL's port is refused right now (nothing listens: the server is gone)."""
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def test_speeds_and_env_for_reach_each_server_and_survive_a_restart(pool: LocalPool, fake_comfy: Path) -> None:
+    urls = pool.start(
+        2, base_port=find_free_base_port(2), comfyui_dir=fake_comfy, speeds=[1, 0.5],
+        env_for=lambda i: {"FAKE_COMFY_TAG": f"server{i}"},
+    )  # fmt: skip
+    for i, speed in enumerate(("1.0", "0.5")):
+        assert f"fake-comfy {SPEED_ENV} {speed}\n" in log_since_last_start(pool, i)
+        assert f"fake-comfy FAKE_COMFY_TAG server{i}\n" in log_since_last_start(pool, i)
+    pool.kill(urls[1])  # by URL
+    assert pool.restart(urls[1] + "/") == urls[1]
+    assert f"fake-comfy {SPEED_ENV} 0.5\n" in log_since_last_start(pool, 1)
+    assert "fake-comfy FAKE_COMFY_TAG server1\n" in log_since_last_start(pool, 1)
+
+
+def test_env_for_wins_over_speeds_and_bad_speeds_are_refused(pool: LocalPool, fake_comfy: Path) -> None:
+    bad_speeds = {"got 1 speeds for 2 servers": [1.0], "positive finite": [1.0, 0.0]}
+    for match, speeds in [*bad_speeds.items(), ("positive finite", [float("nan"), 1.0]), ("finite", [1, float("inf")])]:
+        with pytest.raises(LocalPoolError, match=match):
+            pool.start(2, base_port=find_free_base_port(2), comfyui_dir=fake_comfy, speeds=speeds)
+    assert pool.urls == []  # refused before anything was started
+    pool.start(
+        1, base_port=find_free_base_port(1), comfyui_dir=fake_comfy, speeds=[2], env_for=lambda i: {SPEED_ENV: "3"}
+    )
+    assert f"fake-comfy {SPEED_ENV} 3\n" in log_since_last_start(pool, 0)
+
+
+def test_kill_then_restart_without_waiting_keeps_port_folders_and_state_right(
+    pool: LocalPool, fake_comfy: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    gate.touch()
+    urls = pool.start(
+        2, base_port=find_free_base_port(2), comfyui_dir=fake_comfy, env_for=lambda i: {"FAKE_COMFY_GATE": str(gate)}
+    )
+    before = json.loads(pool.state_file.read_text())["servers"][0]
+    pool.kill(0)
+    assert not pool.alive(0)
+    assert connection_refused(urls[0])
+    assert pool.alive(urls[1]) and answers(urls[1])  # only the one we killed
+    with pytest.raises(ServerStartError, match="exited"):
+        pool.wait_ready([0], timeout=5)  # a dead server is reported at once, not waited for
+
+    gate.unlink()
+    assert pool.restart(0, wait=False) == urls[0]  # returns although the server cannot answer yet
+    after = json.loads(pool.state_file.read_text())["servers"][0]
+    assert pool.alive(0) and not answers(urls[0])
+    assert after["pid"] != before["pid"] and after["start_time"] == process_start_time(after["pid"])
+    assert {k: v for k, v in after.items() if k not in ("pid", "start_time", "log_offset")} == {
+        k: v for k, v in before.items() if k not in ("pid", "start_time", "log_offset")
+    }  # same port, URL, folders, flags and environment
+    assert LocalPool(pool.state_dir).status()[0].pid == after["pid"]  # another process sees the new pid
+    gate.touch()
+    assert pool.wait_ready([0], timeout=30) == [urls[0]]
+    assert pool.wait_ready(timeout=30) == urls
+    with pytest.raises(LocalPoolError, match=re.escape("no server http://127.0.0.1:1 ")):
+        pool.kill("http://127.0.0.1:1")
+
+
+def test_one_pool_object_is_safe_to_share_between_threads(pool: LocalPool, fake_comfy: Path) -> None:
+    """Two threads killing and restarting different servers at once: the state file must name every live pid."""
+    urls = pool.start(2, base_port=find_free_base_port(2), comfyui_dir=fake_comfy)
+    errors: list[BaseException] = []
+
+    def churn(i: int) -> None:
+        try:
+            for _ in range(3):
+                pool.kill(i)
+                pool.restart(i, ready_timeout=30)
+        except BaseException as exc:  # reported below: a thread's exception would be lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert [(s.url, s.alive, s.answering) for s in LocalPool(pool.state_dir).status()] == [
+        (u, True, True) for u in urls
+    ]
+
+
 def test_context_manager_takes_every_server_down(tmp_path: Path, fake_comfy: Path) -> None:
     with LocalPool(tmp_path / "state") as p:
         urls = p.start(2, base_port=find_free_base_port(2), comfyui_dir=fake_comfy)
@@ -253,6 +366,36 @@ def test_proc_stat_parses_names_with_spaces_and_parens() -> None:
     assert stat is not None and stat[0] in "RS"
     assert stat[1] == os.getpgid(os.getpid())
     assert local_pool._proc_stat(2**22 + 12345) is None  # above pid_max: never exists
+    assert stat[3] >= 1  # thread count
+
+
+ZOMBIE_LEADER = (
+    "import ctypes, threading, time\n"
+    "threading.Thread(target=time.sleep, args=(120,)).start()\n"
+    "print('ready', flush=True)\n"
+    "ctypes.CDLL(None).pthread_exit(None)\n"  # the main thread exits; the process lives on in the other thread
+)
+
+
+def test_a_zombie_leader_whose_threads_still_run_counts_as_running() -> None:
+    """A killed multi-threaded server shows a zombie leader while its threads exit, and its port is still open
+    then: ``kill`` must not return (nor ``restart`` bind) until the last thread is gone."""
+    proc = subprocess.Popen([sys.executable, "-c", ZOMBIE_LEADER], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        start_time = process_start_time(proc.pid)
+
+        def leader_is_zombie() -> bool:
+            stat = local_pool._proc_stat(proc.pid)
+            return stat is not None and stat[0] == "Z"
+
+        wait_until(leader_is_zombie, 10, "the main thread to exit")
+        assert local_pool._is_ours_and_running(proc.pid, start_time)
+        assert proc.poll() is None  # the kernel agrees: the process cannot be reaped yet
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert not local_pool._is_ours_and_running(proc.pid, start_time)
 
 
 # ---------------------------------------------------------------- real ComfyUI via the CLI
@@ -326,3 +469,46 @@ def test_real_server_loads_the_test_nodes(tmp_path: Path) -> None:
                 info = json.load(resp)
             assert node in info, f"{node} not loaded; see {p.status()[0].log}"
         assert info["RaiseError"]["input"]["required"]["message"][0] == "STRING"
+
+
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def run_prompt_seconds(url: str, graph: dict[str, Any], timeout: float = 60) -> float:
+    """Run ``graph`` on ``url`` and return its execution time from the history's own timestamps (start to success)."""
+    body = json.dumps({"prompt": graph, "client_id": uuid.uuid4().hex}).encode()
+    request = urllib.request.Request(f"{url}/prompt", data=body, headers={"Content-Type": "application/json"})
+    with _HTTP.open(request, timeout=10) as resp:
+        prompt_id = json.load(resp)["prompt_id"]
+    entry: dict[str, Any] = {}
+
+    def finished() -> bool:
+        with _HTTP.open(f"{url}/history/{prompt_id}", timeout=10) as resp:
+            entry.update(json.load(resp).get(prompt_id, {}))
+        return bool(entry.get("status", {}).get("completed"))
+
+    wait_until(finished, timeout, f"prompt {prompt_id} to finish on {url}")
+    stamps = {name: data["timestamp"] for name, data in entry["status"]["messages"]}
+    return float(stamps["execution_success"] - stamps["execution_start"]) / 1000
+
+
+@pytest.mark.real
+@pytest.mark.timeout(900)
+def test_speed_factor_slows_a_real_server_and_survives_kill_and_restart(tmp_path: Path) -> None:
+    step = 0.4  # one step of 400 ms: 0.8 s at half speed
+    with LocalPool(tmp_path / "state") as p:
+        urls = p.start(2, base_port=find_free_base_port(2), custom_nodes=[TEST_NODES_DIR], speeds=[1.0, 0.5])
+        for url in urls:
+            run_prompt_seconds(url, slow_workflow(1, steps=1, step_seconds=0.0))  # warm-up: first-run imports
+        fast = run_prompt_seconds(urls[0], slow_workflow(2, steps=1, step_seconds=step))
+        slow = run_prompt_seconds(urls[1], slow_workflow(3, steps=1, step_seconds=step))
+        assert step <= fast < 2 * step, fast
+        assert slow >= 2 * step, slow
+
+        old_pid = p.status()[1].pid
+        p.kill(urls[1])
+        assert connection_refused(urls[1])
+        assert p.restart(1, wait=False) == urls[1]
+        assert p.wait_ready([urls[1]], timeout=120) == [urls[1]]
+        assert p.status()[1].pid != old_pid
+        assert run_prompt_seconds(urls[1], slow_workflow(4, steps=1, step_seconds=step)) >= 2 * step
