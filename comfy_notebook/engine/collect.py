@@ -8,7 +8,7 @@ import functools
 import time
 
 from comfy_notebook.core import protocol as wire
-from comfy_notebook.core.errors import ComfyError, PromptInterrupted, ProtocolError, ServerUnavailable
+from comfy_notebook.core.errors import ComfyError, PromptInterrupted, PromptLost, ProtocolError, ServerUnavailable
 from comfy_notebook.engine.connection import Flight, ServerConnection
 from comfy_notebook.engine.http import ComfyHTTP, HttpOptions, fetch_files
 from comfy_notebook.engine.task import Result
@@ -35,6 +35,15 @@ async def collect(
         except ServerUnavailable:
             if i == len(retry_delays) - 1:
                 raise
+    if entry is None and conn.generation != flight.generation:
+        # The socket was lost and reopened since the POST: the server restarted after finishing the prompt and
+        # took its history along. The result is gone, not malformed: another server can run it again.
+        raise PromptLost(
+            f"prompt {prompt_id} is lost: {conn.server} finished it but restarted before its history was read",
+            server=conn.server,
+            prompt_id=prompt_id,
+            why="restarted and forgot the prompt",
+        )
     if entry is None:
         raise ProtocolError(
             f"{conn.server} reported prompt {prompt_id} finished but has no history for it",

@@ -71,6 +71,8 @@ class Flight:
     posted_at: float = 0.0  # monotonic; the watchdog's start of the "queued" phase
     started_at: float = 0.0  # monotonic; the start of the "running" phase
     counted: bool = False  # counted in the pool record's ``in_flight`` (see ``Runtime.release``)
+    server: str = ""  # where this attempt runs (set by ``Runtime.attach``)
+    generation: int = 0  # the connection's socket generation when the prompt was posted
     #: This attempt's prompt id (a retry gets a fresh one, so a late finish of the old one is told apart).
     prompt_id: str = ""
 
@@ -112,6 +114,7 @@ class ServerConnection:
         self._open_lock = asyncio.Lock()
         self.recovering = False
         self.last_event = time.monotonic()  # any frame from this server (the watchdog's sign of life)
+        self.generation = 0  # sockets opened so far: a prompt that outlived a reconnect may have outlived the server
         #: Bounds our concurrent HTTP requests to this server. Measured: hundreds of concurrent requests slow
         #: ComfyUI (one loop thread and its prompt worker share a GIL) and httpcore's pool alike; 4 at a time
         #: completed 300 queued prompts about 35% faster than unbounded (see bench/).
@@ -164,6 +167,7 @@ class ServerConnection:
                 error.refused = isinstance(exc, ConnectionRefusedError)
                 raise error from None
             self._ws = ws
+            self.generation += 1
             self._reader = asyncio.create_task(self._read(ws), name=f"comfy-reader {self.server}")
             self._on_state(self, "open", None, "")
 

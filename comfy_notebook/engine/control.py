@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 from comfy_notebook.core.errors import Cancelled
 from comfy_notebook.core.servers import ServerSpec
+from comfy_notebook.engine.connection import ServerConnection
 from comfy_notebook.engine.dispatch import Dispatcher
 from comfy_notebook.engine.options import LOCK, check_mode
 from comfy_notebook.engine.runtime import Runtime
 from comfy_notebook.engine.task import QUEUED, RUNNING, Task
+
+log = logging.getLogger(__name__)
 
 
 class Control:
@@ -31,9 +35,13 @@ class Control:
         locked = rt.lock.route()
         if locked is not None and locked not in rt.pool.records:
             rt.lock.reset()
-        # Servers that left the pool: their prompts finish where they run; idle sockets close now.
+        # Servers that left the pool: their prompts finish where they run (the socket closes after the last one);
+        # idle sockets close now.
         for url in [u for u in rt.connections if u not in rt.pool.records and u not in rt.transient]:
-            await rt.retire(url)
+            if rt.connections[url].flights:
+                rt.transient.add(url)
+            else:
+                await rt.retire(url)
         rt.warm_pool()
         rt.pump()  # a new server takes waiting work at once
         return [s.url for s in specs]
@@ -85,8 +93,14 @@ class Control:
             driver.cancel()
         if not flight.posted:
             return None
-        timeout = rt.options.reset_timeout
-        return rt.spawn(asyncio.wait_for(rt.api.drop(conn, flight.prompt_id), timeout), f"cancelling {task.key}")
+        return rt.spawn(self._drop(conn, flight.prompt_id), f"cancelling {task.key}")
+
+    async def _drop(self, conn: ServerConnection, prompt_id: str) -> None:
+        """Best effort within ``reset_timeout``: a server that does not answer in time is not an error here."""
+        try:
+            await asyncio.wait_for(self.rt.api.drop(conn, prompt_id), self.rt.options.reset_timeout)
+        except TimeoutError:
+            log.info("%s did not confirm the cancel of %s in time", conn.server, prompt_id)
 
     async def cancel_briefly(self, task: Task, why: str, wait: float) -> None:
         """Cancel, then give the server-side drop up to ``wait`` seconds (a quick server has it done when the

@@ -117,6 +117,11 @@ class Dispatcher:
         self.pump()
         try:
             return await waiting.bound, job.seq
+        except asyncio.CancelledError:
+            if waiting.bound.done() and not waiting.bound.cancelled():  # bound just before the cancel
+                flight = waiting.bound.result()
+                rt.detach(flight)
+            raise
         finally:
             rt.waiting.pop(task.key, None)
             rt.scheduler.remove(task.key)
@@ -144,18 +149,18 @@ class Dispatcher:
                 if trip.moved_from is not None and trip.moved_from[0] != attempt.server:
                     old, why = trip.moved_from
                     task._update(moved=f"moved from {old} to {attempt.server}: {old} {why}")
+                current = flight
                 try:
-                    result = await self.attempt(flight, attempt, explicit is not None)
+                    result = await self.attempt(current, attempt, explicit is not None)
                 except ComfyError as exc:
-                    if not self.again(task, flight, attempt, exc, trip):
+                    if not self.again(task, current, attempt, exc, trip):
                         if len(task.attempts) > 1 and failover.retryable(exc) and not task.done():
                             raise failover.exhausted(exc, task.attempts) from None
                         raise
                     flight = None
                     continue
                 finally:
-                    if flight is not None:
-                        self.rt.detach(flight, attempt.server)
+                    self.rt.detach(current)
                 attempt.outcome = failover.SUCCESS
                 self._count(attempt.server, "done")
                 task._finish(result)
@@ -252,7 +257,7 @@ class Dispatcher:
                 if explicit or self.late_binding() or tried >= set(rt.pool.records):
                     raise
                 spec = self.route(tried)
-                rt.detach(flight, conn.server)
+                rt.detach(flight)
                 rt.attach(flight, spec)
                 attempt.server = spec.url
                 log.info("moving prompt %s from %s to %s before sending it", flight.prompt_id, conn.server, spec.url)
@@ -291,6 +296,7 @@ class Dispatcher:
 
     def mark_posted(self, flight: Flight, conn: ServerConnection, number: int | None = None) -> None:
         flight.posted = True
+        flight.generation = conn.generation
         flight.number = number
         flight.last_heard = flight.posted_at = time.monotonic()
         if flight.task.status != RUNNING and not flight.task.done():  # a late POST answer never revives

@@ -94,7 +94,8 @@ class Runtime:
     def attach(self, flight: Flight, spec: ServerSpec) -> ServerConnection:
         """Record prompt -> server affinity before anything is sent."""
         conn = self.connection(spec)
-        conn.flights[flight.task.prompt_id] = flight
+        conn.flights[flight.prompt_id] = flight
+        flight.server = spec.url
         flight.task._update(server=spec.url)
         flight.counted = spec.url in self.pool.records
         if flight.counted:
@@ -106,12 +107,14 @@ class Runtime:
         if not flight.counted:
             return
         flight.counted = False
-        record = self.pool.records.get(flight.task.server or "")
+        record = self.pool.records.get(flight.server)
         if record is not None:
             record.in_flight = max(0, record.in_flight - 1)
         self.pump()
 
-    def detach(self, flight: Flight, server: str) -> None:
+    def detach(self, flight: Flight) -> None:
+        """Forget this attempt on its server (after its result, its loss, or a move before its POST)."""
+        server = flight.server
         self.release(flight)
         conn = self.connections.get(server)
         if conn is not None and conn.flights.get(flight.prompt_id) is flight:
