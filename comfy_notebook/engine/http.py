@@ -37,6 +37,8 @@ class HttpOptions:
     max_json_bytes: int = 64 * 1024 * 1024  # a full history was 6 MB
     max_file_bytes: int = 256 * 1024 * 1024
     cancel_timeout: float = 1.0
+    #: Questions asked to find out what became of a prompt (``/queue``, ``/history/{id}``) after a fault.
+    probe_timeout: float = 5.0
 
 
 def view_params(ref: wire.ImageRef) -> dict[str, str]:
@@ -139,9 +141,9 @@ class ComfyHTTP:
     async def landed(self, conn: ServerConnection, prompt_id: str) -> bool:
         """Whether the server has the prompt queued, running or finished (best effort)."""
         with contextlib.suppress(ComfyError):
-            if wire.queue_contains(await self.get_json(conn, "/queue", timeout=5), prompt_id):
+            if wire.queue_contains(await self.get_json(conn, "/queue", timeout=self.options.probe_timeout), prompt_id):
                 return True
-            return await self.history(conn, prompt_id, timeout=5) is not None
+            return await self.history(conn, prompt_id, timeout=self.options.probe_timeout) is not None
         return False
 
     async def drop(self, conn: ServerConnection, prompt_id: str) -> None:

@@ -79,7 +79,7 @@ class Recovery:
             return
         api = self.rt.api
         try:
-            queue = await api.get_json(conn, "/queue", timeout=5)
+            queue = await api.get_json(conn, "/queue", timeout=self.rt.options.http.probe_timeout)
             for flight in flights:
                 pid = flight.prompt_id
                 flight.last_heard = time.monotonic()
@@ -90,7 +90,7 @@ class Recovery:
                     if flight.task.status == QUEUED:
                         flight.task._update(queue_position=position)  # 0: next in line
                     continue
-                entry = await api.history(conn, pid, timeout=5)
+                entry = await api.history(conn, pid, timeout=self.rt.options.http.probe_timeout)
                 if flight.done.done():
                     continue
                 if entry is not None:
@@ -195,11 +195,11 @@ class Recovery:
             return
         try:
             await conn.ensure_open()  # events of a ghost that finishes later arrive on this socket
-            queue = await rt.api.get_json(conn, "/queue", timeout=5)
+            queue = await rt.api.get_json(conn, "/queue", timeout=self.rt.options.http.probe_timeout)
             for pid in list(ghosts):
                 if wire.queue_position(queue, pid) is not None:
                     continue
-                if await rt.api.history(conn, pid, timeout=5) is not None:
+                if await rt.api.history(conn, pid, timeout=self.rt.options.http.probe_timeout) is not None:
                     rt.count_duplicate(server, pid)
                 else:
                     ghosts.pop(pid, None)
