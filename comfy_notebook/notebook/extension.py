@@ -3,7 +3,7 @@
 IPython has no API to unregister magics, so ``unload`` removes them from the magics tables by hand, closes every
 widget (ipywidgets keeps them alive until ``close()``), unregisters the formatters and stops the engine thread:
 three reloads leave exactly one ``comfy-notebook-io`` thread, an unload leaves none. The server pool (with its
-credentials, in memory only) is carried over to the next load, so ``%reload_ext`` does not forget it.
+credentials, in memory only) and the mode are carried over to the next load, so ``%reload_ext`` forgets neither.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ MAGIC_NAME = "comfy"
 
 
 class _Carry:
-    """The pool of the last unloaded engine, restored by the next load unless the config names servers."""
+    """The pool and mode of the last unloaded engine, restored by the next load unless the config sets them."""
 
     servers: list[ServerSpec] | None = None
+    mode: str | None = None
 
 
 def load(ip: Any) -> None:
@@ -32,10 +33,15 @@ def load(ip: Any) -> None:
     magics = ComfyMagics(shell=ip)
     ip.register_magics(magics)
     carried, _Carry.servers = _Carry.servers, None
+    carried_mode, _Carry.mode = _Carry.mode, None
     try:
-        magics.start(carried)
+        magics.start(carried, carried_mode)
     except Exception:
         unload(ip)
+        if carried is not None:  # a failed load (say a bad COMFY_MODE) loses nothing
+            _Carry.servers = carried
+        if carried_mode is not None:
+            _Carry.mode = carried_mode
         raise
 
 
@@ -55,4 +61,5 @@ def unload(ip: Any) -> None:
     engine = api._Shared.engine  # the running engine only: unloading must never start one
     if engine is not None and not engine.closed:
         _Carry.servers = [record.spec for record in list(engine.pool.records.values())]
+        _Carry.mode = engine.mode
     api.shutdown()

@@ -21,11 +21,12 @@ from typing import Any, NoReturn, TypeVar, cast
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.display import display
-from traitlets import Enum, Float, List, Unicode, observe
+from traitlets import CaselessStrEnum, Enum, Float, List, Unicode, observe
 
 from comfy_notebook import api
 from comfy_notebook.core.errors import Cancelled, ComfyError
 from comfy_notebook.core.workflow import Workflow, load_workflow, parse_workflow, substitute
+from comfy_notebook.engine.options import MODES
 from comfy_notebook.engine.task import Result, Task
 from comfy_notebook.notebook import render
 from comfy_notebook.notebook.panel import StatusPanel
@@ -34,7 +35,12 @@ from comfy_notebook.notebook.progress import ProgressWidget
 HELP = """\
 %comfy servers [URL ...]   set the server pool (no URL: show it); also COMFY_SERVERS or
                            %config ComfyMagics.servers = ["http://host:8188", ...]
-%comfy status              show the live status panel (lock, servers, Reset button)
+%comfy mode [lock|pool]    show or set how prompts are spread (also COMFY_MODE or
+                           %config ComfyMagics.mode = "pool"):
+                             lock  one server at a time: new prompts go to the locked server (default)
+                             pool  every server at once: prompts wait here and go to whichever
+                                   server has room; a prompt lost with its server moves to another
+%comfy status              show the live status panel (mode, lock, servers, Reset button)
 %comfy reset               clear the lock, close sockets, cancel pending prompts
 %comfy lock URL            pin the lock to one server of the pool
 %comfy help                this text
@@ -62,6 +68,7 @@ def _display(obj: Any, **kwargs: Any) -> None:
     display(obj, **kwargs)  # type: ignore[no-untyped-call]
 
 
+COMMANDS = "servers, mode, status, reset, lock or help"
 CELL_USAGE = "%%comfy [NAME <<] [-f FILE] [--server URL] [--timeout SECONDS] [--no-wait]"
 
 
@@ -171,6 +178,13 @@ class ComfyMagics(Magics):
     default_timeout = Float(
         None, allow_none=True, help="seconds a %%comfy cell waits when it has no --timeout (None: no limit)"
     ).tag(config=True)
+    mode = CaselessStrEnum(
+        list(MODES),
+        None,
+        allow_none=True,
+        help="lock: one server at a time, new prompts go to the locked server; pool: every server at once, prompts "
+        "wait client-side for a server with room; None: COMFY_MODE, else lock (see %comfy mode)",
+    ).tag(config=True)
     widgets = Enum(
         ["auto", "on", "off"], "auto", help="live widgets: auto = only in a kernel (not in terminal IPython)"
     ).tag(config=True)
@@ -179,6 +193,7 @@ class ComfyMagics(Magics):
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         self._ready = False  # @observe handlers run during construction: apply config only once started
+        self._applying = False  # ``%comfy mode`` writes the trait after it changed the engine: no second call
         super().__init__(shell=shell, **kwargs)
         self.panel: StatusPanel | None = None
         self.progress_widgets: list[ProgressWidget] = []
@@ -186,13 +201,27 @@ class ComfyMagics(Magics):
         self._formatters: list[tuple[Any, type]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------------------------------
-    def start(self, carried_servers: list[Any] | None = None) -> None:
-        """Start the engine, apply the configured servers, register the display formatters."""
-        engine = api.get_engine()
-        if self.servers:
-            api.set_servers(list(self.servers))
-        elif carried_servers:
-            engine.set_servers(carried_servers)
+    def start(self, carried_servers: list[Any] | None = None, carried_mode: str | None = None) -> None:
+        """Start the engine (it reads COMFY_SERVERS and COMFY_MODE), apply the configured servers and mode (else
+        the ones carried over a reload), register the display formatters.
+
+        A configuration mistake (a malformed URL, an unknown COMFY_MODE) is a one-line ``UsageError``."""
+        try:
+            engine = api.get_engine()
+        except ComfyError as exc:  # it read COMFY_SERVERS / COMFY_MODE
+            where = f"check {api.ENV_SERVERS} and {api.ENV_MODE}"
+            raise UsageError(f"comfy_notebook could not start: {render.scrub(str(exc))} ({where})") from None
+        try:
+            if self.servers:
+                api.set_servers(list(self.servers))
+            elif carried_servers:
+                engine.set_servers(carried_servers)
+            if self.mode is not None:
+                api.set_mode(self.mode)
+            elif carried_mode is not None:
+                engine.set_mode(carried_mode)
+        except ComfyError as exc:
+            raise UsageError(f"comfy_notebook could not apply ComfyMagics config: {render.scrub(str(exc))}") from None
         self._register_formatters()
         self._ready = True
 
@@ -214,6 +243,24 @@ class ComfyMagics(Magics):
     def _servers_changed(self, change: dict[str, Any]) -> None:
         if getattr(self, "_ready", False):
             api.set_servers(list(change["new"]))
+
+    @observe("mode")
+    def _mode_changed(self, change: dict[str, Any]) -> None:
+        if getattr(self, "_ready", False) and not self._applying and change["new"] is not None:
+            api.set_mode(change["new"])
+
+    def set_mode(self, mode: str) -> str:
+        """Switch the engine's mode and keep the ``mode`` trait in step (so a later ``%config`` still applies)."""
+        try:
+            applied = api.set_mode(mode.strip().lower())
+        except ComfyError as exc:
+            raise UsageError(f"%comfy mode: {render.scrub(str(exc))}") from None
+        self._applying = True
+        try:
+            self.mode = applied
+        finally:
+            self._applying = False
+        return applied
 
     def _register_formatters(self) -> None:
         display_formatter = getattr(self.shell, "display_formatter", None)
@@ -270,7 +317,7 @@ class ComfyMagics(Magics):
         """Manage the server pool and the lock; ``%comfy help`` lists the commands."""
         tokens = _split(line, "%comfy")
         if not tokens:
-            raise UsageError("%comfy needs a command: servers, status, reset, lock or help")
+            raise UsageError(f"%comfy needs a command: {COMMANDS}")
         command, args = tokens[0], tokens[1:]
         if command not in ("-h", "--help") and (command.startswith("-") or "<<" in tokens[:2] or command[-2:] == "<<"):
             if "-f" not in tokens and "--file" not in tokens and not any(t.startswith("--file=") for t in tokens):
@@ -285,6 +332,10 @@ class ComfyMagics(Magics):
                 except ComfyError as exc:
                     raise UsageError(f"%comfy servers: {render.scrub(str(exc))}") from None
             _say(render.servers_text(api.get_status()))
+        elif command == "mode":
+            if len(args) > 1:
+                raise UsageError("usage: %comfy mode [lock|pool]")
+            _say(render.mode_text(self.set_mode(args[0]) if args else api.get_engine().mode))
         elif command == "status":
             self._no_args(command, args)
             if self.use_widgets():
@@ -307,7 +358,7 @@ class ComfyMagics(Magics):
                 raise UsageError(f"%comfy lock: {render.scrub(str(exc))}") from None
             _say(f"locked: {url}")
         else:
-            raise UsageError(f"unknown %comfy command {command!r}: use servers, status, reset, lock or help")
+            raise UsageError(f"unknown %comfy command {command!r}: use {COMMANDS}")
         return None
 
     @staticmethod
@@ -345,7 +396,7 @@ class ComfyMagics(Magics):
         except KeyboardInterrupt:  # the kernel's stop button: cancel this prompt only, end the cell cleanly
             task.cancel()
             what = "had already finished" if task.status == "success" else "was cancelled"
-            message = f"interrupted: prompt {task.prompt_id} on {task.server} {what}"
+            message = f"interrupted: prompt {task.prompt_id} {render.task_where(task)} {what}"
             raise clean(Cancelled(message, server=task.server, prompt_id=task.prompt_id)) from None
         finally:
             if widget is not None:
@@ -383,9 +434,8 @@ class ComfyMagics(Magics):
         while not finished.wait(_WAIT_SLICE if deadline is None else min(_WAIT_SLICE, deadline - time.monotonic())):
             if deadline is not None and time.monotonic() >= deadline:
                 task.cancel()
-                message = (
-                    f"prompt {task.prompt_id} on {task.server} did not finish within {timeout:g} s; it was cancelled"
-                )
+                where = render.task_where(task)
+                message = f"prompt {task.prompt_id} {where} did not finish within {timeout:g} s; it was cancelled"
                 raise clean(TimeoutError(message)) from None
         try:
             return task.result(0)

@@ -1,5 +1,9 @@
 """The per-task progress widget: state line, progress bar, latest preview image.
 
+The state line says where the prompt is ("waiting for a server (position 2)" in the client-side queue of pool
+mode, "queued on URL", "running on URL"), the node and step, and after a failover where it moved and why ("moved
+from A to B: A stopped answering"); the final line counts the attempts when there was more than one.
+
 It is refreshed from the engine's loop thread (``Engine.every``), so it keeps moving while the cell that started
 the task blocks, and after a ``--no-wait`` cell has returned. Widget traits are written only when their value
 changed (each write is a comm message), and the ticker stops itself once the task is done.

@@ -76,50 +76,103 @@ def _lock_age(status: Mapping[str, Any]) -> str:
     return format_duration(status.get("lock_duration")) if status.get("locked_server") else "-"
 
 
+MODE_HINTS = {
+    "lock": "one server at a time: new prompts go to the locked server",
+    "pool": "every server at once: prompts wait here for a server with room",
+}
+
+
+def mode_text(mode: str) -> str:
+    """``%comfy mode``: the mode and what it means."""
+    hint = MODE_HINTS.get(mode)
+    return f"mode: {mode} ({hint})" if hint else f"mode: {mode}"
+
+
+def _queue_facts(status: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(css class, text) of the summary's work counters: pending always; the client-side queue in pool mode (or
+    while anything waits there); failover totals once there are any."""
+    facts = [("comfy-pending", f"pending tasks: {status.get('pending_tasks_count', 0)}")]
+    waiting = status.get("waiting") or 0
+    if status.get("mode") == "pool" or waiting:
+        facts.append(("comfy-waiting", f"waiting: {waiting}"))
+    for key in ("retries", "duplicates"):
+        if status.get(key):
+            facts.append((f"comfy-{key}", f"{key}: {status[key]}"))
+    return facts
+
+
+#: Per-server counters of our prompts: (status key, column title, tooltip). ``queue`` is the server's own queue
+#: (every client's prompts); the others count only ours.
+_COUNTERS = (
+    ("queue_remaining", "queue", "the server's queue: every client's prompts, running or waiting"),
+    ("running", "running", "our prompts running there now"),
+    ("queued", "queued", "our prompts in its queue"),
+    ("done", "done", "our prompts it finished"),
+    ("failed", "failed", "our prompts that failed there"),
+    ("retried", "retried", "our prompts moved to another server after this one lost them"),
+)
+_DUPLICATES = ("duplicates", "duplicates", "prompts it finished after they had been moved away (ignored)")
+
+
+def _counters(servers: Sequence[Mapping[str, Any]]) -> tuple[tuple[str, str, str], ...]:
+    """The counter columns; duplicates only when a server has any (they are rare and otherwise noise)."""
+    return (*_COUNTERS, _DUPLICATES) if any(entry.get("duplicates") for entry in servers) else _COUNTERS
+
+
 def status_text(status: Mapping[str, Any]) -> str:
     """The status as plain text: summary lines, then one line per server."""
+    mode = f"mode: {status['mode']}  " if status.get("mode") else ""
     lines = [
-        f"comfy-notebook  {_locked_line(status)}  (lock age {_lock_age(status)})",
+        f"comfy-notebook  {mode}{_locked_line(status)}  (lock age {_lock_age(status)})",
         f"  connected: {'yes' if status.get('is_connected') else 'no'}  "
-        f"connection: {status.get('connection_state', '?')}  pending tasks: {status.get('pending_tasks_count', 0)}",
+        f"connection: {status.get('connection_state', '?')}  " + "  ".join(text for _, text in _queue_facts(status)),
     ]
     servers: Sequence[Mapping[str, Any]] = status.get("servers") or ()
     if not servers:
         lines.append("  no servers: %comfy servers URL ... (or COMFY_SERVERS)")
+    columns = _counters(servers)
     for entry in servers:
         mark = "*" if entry.get("locked") else " "
+        counts = "  ".join(f"{title} {entry.get(key) or 0}" for key, title, _ in columns)
         error = f"  last error: {scrub(str(entry['last_error']))}" if entry.get("last_error") else ""
         lines.append(
-            f" {mark}{public_url(entry.get('url'))}  {_health(entry)}  queue {entry.get('queue_remaining', 0)}  "
-            f"in flight {entry.get('in_flight', 0)}  {entry.get('connection_state', '?')}{error}"
+            f" {mark}{public_url(entry.get('url'))}  {_health(entry)}  {counts}  "
+            f"{entry.get('connection_state', '?')}{error}"
         )
     return "\n".join(lines)
 
 
 def status_html(status: Mapping[str, Any]) -> str:
     """The status as HTML for the panel; stable for equal input so the panel can skip unchanged writes."""
-    connected = "yes" if status.get("is_connected") else "no"
-    summary = (
-        f'<div class="comfy-status-summary">'
-        f'<b class="comfy-locked">{esc(_locked_line(status))}</b>'
-        f' &middot; <span class="comfy-lock-age">lock age: {esc(_lock_age(status))}</span>'
-        f' &middot; <span class="comfy-connected">connected: {connected}</span>'
-        f' &middot; <span class="comfy-connection">connection: {esc(status.get("connection_state", "?"))}</span>'
-        f' &middot; <span class="comfy-pending">pending tasks: {esc(status.get("pending_tasks_count", 0))}</span>'
-        f"</div>"
-    )
+    mode = status.get("mode")
+    pieces = [f'<b class="comfy-mode comfy-mode-{esc(mode)}">mode: {esc(mode)}</b>'] if mode else []
+    pieces += [
+        f'<b class="comfy-locked">{esc(_locked_line(status))}</b>',
+        f'<span class="comfy-lock-age">lock age: {esc(_lock_age(status))}</span>',
+        f'<span class="comfy-connected">connected: {"yes" if status.get("is_connected") else "no"}</span>',
+        f'<span class="comfy-connection">connection: {esc(status.get("connection_state", "?"))}</span>',
+    ]
+    pieces += [f'<span class="{css}">{esc(text)}</span>' for css, text in _queue_facts(status)]
+    summary = f'<div class="comfy-status-summary">{" &middot; ".join(pieces)}</div>'
     servers: Sequence[Mapping[str, Any]] = status.get("servers") or ()
     if not servers:
         return summary + '<div class="comfy-no-servers">no servers: <code>%comfy servers URL ...</code></div>'
-    head = "".join(f"<th>{h}</th>" for h in ("server", "health", "queue", "in flight", "connection", "last error"))
+    columns = _counters(servers)
+    titles = [
+        ("server", ""),
+        ("health", ""),
+        *((t, tip) for _, t, tip in columns),
+        ("connection", ""),
+        ("last error", ""),
+    ]
+    head = "".join(f'<th title="{esc(tip)}">{esc(t)}</th>' if tip else f"<th>{esc(t)}</th>" for t, tip in titles)
     rows = []
     for entry in servers:
         locked = entry.get("locked")
         cells = (
             public_url(entry.get("url")) + (" (locked)" if locked else ""),
             _health(entry),
-            entry.get("queue_remaining", 0),
-            entry.get("in_flight", 0),
+            *(entry.get(key) or 0 for key, _, _ in columns),
             entry.get("connection_state", "?"),
             scrub(str(entry.get("last_error") or "")),
         )
@@ -151,10 +204,27 @@ def reset_outcome(before: Mapping[str, Any], after: Mapping[str, Any], *, now: f
 
 
 # -- tasks ------------------------------------------------------------------------------------------------------------
+def task_where(task: Task) -> str:
+    """``on URL``, or ``(waiting for a server)`` while a pool-mode prompt has none yet."""
+    return f"on {public_url(task.server)}" if task.server else "(waiting for a server)"
+
+
+def _task_state(task: Task) -> str:
+    """Where the prompt is: ``running on URL``, ``waiting for a server (position 2)`` (1 = next to go), ..."""
+    if task.status == "waiting":
+        position = task.queue_position
+        return "waiting for a server" + (f" (position {position + 1})" if position is not None else "")
+    if task.status == "pending" and task.server:
+        return f"sending to {public_url(task.server)}"
+    if task.status in ("queued", "running") and task.server:
+        return f"{task.status} on {public_url(task.server)}"
+    return task.status
+
+
 def _task_parts(task: Task, *, precise: bool) -> list[tuple[str, str]]:
     """(css class, text) pieces of a one-line task summary."""
-    parts = [(f"comfy-state comfy-state-{task.status}", task.status)]
-    if task.server:
+    parts = [(f"comfy-state comfy-state-{task.status}", _task_state(task))]
+    if task.server and task.status not in ("pending", "queued", "running"):
         parts.append(("comfy-server", f"server: {public_url(task.server)}"))
     if task.status in ("pending", "queued") and task.queue_position is not None:
         parts.append(("comfy-queue", f"queue: {task.queue_position} ahead"))
@@ -162,6 +232,10 @@ def _task_parts(task: Task, *, precise: bool) -> list[tuple[str, str]]:
         parts.append(("comfy-node", f"node: {task.node_class or '?'} (#{task.node})"))
         if task.progress is not None and task.progress.max > 0:
             parts.append(("comfy-steps", f"step {task.progress.value}/{task.progress.max}"))
+    if task.moved:  # after a failover: "moved from A to B: A stopped answering"
+        parts.append(("comfy-moved", scrub(task.moved)))
+    if task.done() and len(task.attempts) > 1:
+        parts.append(("comfy-attempts", f"{len(task.attempts)} attempts"))
     if task.error is not None and task.status != "success":
         parts.append(("comfy-error", first_line(scrub(str(task.error)))))
     parts.append(("comfy-elapsed", f"elapsed: {format_duration(task.elapsed, precise=precise)}"))

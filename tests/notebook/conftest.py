@@ -37,13 +37,14 @@ def make_shell(config: Config | None = None) -> InteractiveShell:
 
 @pytest.fixture(autouse=True)
 def _clean_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test starts and ends without an engine, a carried-over pool or COMFY_SERVERS."""
+    """Every test starts and ends without an engine, a carried-over pool or mode, COMFY_SERVERS or COMFY_MODE."""
     monkeypatch.delenv(api.ENV_SERVERS, raising=False)
+    monkeypatch.delenv(api.ENV_MODE, raising=False)
     api.shutdown()
-    extension._Carry.servers = None
+    extension._Carry.servers = extension._Carry.mode = None
     yield
     api.shutdown()
-    extension._Carry.servers = None
+    extension._Carry.servers = extension._Carry.mode = None
 
 
 @pytest.fixture

@@ -93,6 +93,8 @@ def test_bad_cell_lines_are_one_line_usage_errors(line: str, message: str) -> No
         ("servers not a url://", "not a ComfyUI server URL"),
         ("r <<", "only from a file"),
         ("--no-wait", "only from a file"),
+        ("mode bogus", "%comfy mode: unknown mode 'bogus': use 'lock'"),
+        ("mode lock pool", r"usage: %comfy mode \[lock\|pool\]"),
     ],
 )
 def test_bad_line_magic_usage(loaded: InteractiveShell, line: str, message: str) -> None:
@@ -170,6 +172,81 @@ def test_lock_pins_the_lock_and_reset_clears_it(
 def test_lock_on_a_server_outside_the_pool_is_a_usage_error(loaded: InteractiveShell, fake2: FakeComfy) -> None:
     with pytest.raises(UsageError, match="not in the server pool"):
         loaded.run_line_magic("comfy", f"lock {fake2.url}")
+
+
+# -- mode -------------------------------------------------------------------------------------------------------------
+def test_mode_shows_and_sets_the_engine_mode(loaded: InteractiveShell, capsys) -> None:
+    loaded.run_line_magic("comfy", "mode")
+    assert capsys.readouterr().out.startswith("mode: lock (one server at a time")
+    loaded.run_line_magic("comfy", "mode pool")
+    assert capsys.readouterr().out.startswith("mode: pool (every server at once")
+    assert api.get_engine().mode == "pool" and api.get_status()["mode"] == "pool"
+    assert magics_of(loaded).mode == "pool"  # the trait follows, so a later %config of either value applies
+    loaded.run_line_magic("comfy", "mode LOCK")
+    assert api.get_engine().mode == "lock" and magics_of(loaded).mode == "lock"
+
+
+def test_a_bad_mode_fails_the_cell_with_one_line_and_keeps_the_mode(loaded: InteractiveShell, capsys) -> None:
+    loaded.run_line_magic("comfy", "mode pool")
+    capsys.readouterr()
+    outcome = loaded.run_cell("%comfy mode fast")
+    assert isinstance(outcome.error_in_exec, UsageError)
+    out = capsys.readouterr()
+    assert "unknown mode 'fast'" in out.out + out.err and "Traceback" not in out.out + out.err
+    assert api.get_engine().mode == "pool"
+
+
+def test_config_magic_sets_the_mode(loaded: InteractiveShell, caplog) -> None:
+    loaded.run_line_magic("config", "ComfyMagics.mode = 'pool'")
+    assert api.get_engine().mode == "pool"
+    loaded.run_line_magic("comfy", "mode lock")
+    loaded.run_line_magic("config", "ComfyMagics.mode = 'pool'")  # the same value again still switches
+    assert api.get_engine().mode == "pool"
+    loaded.run_line_magic("config", "ComfyMagics.mode = 'fast'")  # %config logs a bad value as one line
+    assert "expected any of ['lock', 'pool']" in caplog.text and api.get_engine().mode == "pool"
+
+
+def test_ipython_config_mode_applies_at_load(fake: FakeComfy) -> None:
+    cfg = Config()
+    cfg.ComfyMagics.mode = "pool"
+    ip = make_shell(cfg)
+    try:
+        ip.run_line_magic("load_ext", "comfy_notebook")
+        assert api.get_engine().mode == "pool"
+    finally:
+        extension.unload(ip)
+        InteractiveShell.clear_instance()
+
+
+def test_comfy_mode_environment_variable_is_read_when_the_engine_starts(
+    shell: InteractiveShell, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("COMFY_MODE", "pool")
+    shell.run_line_magic("load_ext", "comfy_notebook")
+    assert api.get_engine().mode == "pool"
+    shell.run_line_magic("comfy", "mode")
+    assert capsys.readouterr().out.startswith("mode: pool")
+
+
+def test_a_bad_comfy_mode_environment_variable_fails_the_load_with_one_line(
+    shell: InteractiveShell, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("COMFY_MODE", "fast")
+    outcome = shell.run_cell("%load_ext comfy_notebook")
+    assert isinstance(outcome.error_in_exec, UsageError)
+    out = capsys.readouterr()
+    assert "unknown mode 'fast'" in out.out + out.err and "Traceback" not in out.out + out.err
+    assert "ComfyMagics" not in shell.magics_manager.registry and not engine_threads()
+    monkeypatch.setenv("COMFY_MODE", "pool")
+    shell.run_line_magic("load_ext", "comfy_notebook")  # fixed: loads
+    assert api.get_engine().mode == "pool"
+
+
+def test_reload_keeps_the_mode(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    loaded.run_line_magic("comfy", "mode pool")
+    loaded.run_line_magic("reload_ext", "comfy_notebook")
+    assert api.get_engine().mode == "pool"
+    assert [s["url"] for s in api.get_status()["servers"]] == [fake.url]
 
 
 # -- the status panel -------------------------------------------------------------------------------------------------

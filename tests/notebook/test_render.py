@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from types import SimpleNamespace
 from typing import cast
 
@@ -16,6 +17,7 @@ from comfy_notebook.core.errors import (
     ValidationError,
     WorkflowError,
 )
+from comfy_notebook.core.failover import Attempt
 from comfy_notebook.core.protocol import ImageRef
 from comfy_notebook.engine.task import ImageFile, Progress, Result, Task
 from comfy_notebook.notebook import render
@@ -73,6 +75,69 @@ def test_status_html_shows_the_lock_its_age_pending_tasks_and_a_row_per_server()
     assert html.count('class="comfy-server-row') == 2
     assert f"<td>{A} (locked)</td>" in html
     assert "down (retry in 4 s)" in html
+
+
+def pool_status(**extra: object) -> dict:
+    """A pool-mode status as the engine reports it: the client-side queue, failover totals, per-server counters."""
+    base = status(locked=None, mode="pool", waiting=3, retries=1, duplicates=0)
+    counters = [
+        {"running": 1, "queued": 1, "done": 7, "failed": 2, "retried": 0, "duplicates": 0},
+        {"running": 0, "queued": 0, "done": 0, "failed": 0, "retried": 1, "duplicates": 0},
+    ]
+    for entry, extra_fields in zip(base["servers"], counters, strict=True):
+        entry.update(extra_fields)
+    base.update(extra)
+    return base
+
+
+def server_rows(html: str) -> list[dict[str, str]]:
+    """The panel's server table as one dict per row: column title -> cell text."""
+    titles = re.findall(r"<th[^>]*>(.*?)</th>", html)
+    rows = re.findall(r'<tr class="comfy-server-row[^"]*">(.*?)</tr>', html)
+    return [dict(zip(titles, re.findall(r"<td>(.*?)</td>", row), strict=True)) for row in rows]
+
+
+def test_status_html_in_pool_mode_shows_the_mode_the_waiting_prompts_and_per_server_counters() -> None:
+    html = render.status_html(pool_status())
+    assert '<b class="comfy-mode comfy-mode-pool">mode: pool</b>' in html
+    assert '<span class="comfy-waiting">waiting: 3</span>' in html and "retries: 1" in html
+    assert "duplicates" not in html  # only when there are any
+    first, second = server_rows(html)
+    assert first == {
+        "server": A, "health": "ok", "queue": "3", "running": "1", "queued": "1", "done": "7", "failed": "2",
+        "retried": "0", "connection": "OPEN", "last error": "",
+    }  # fmt: skip
+    assert second["retried"] == "1" and second["health"] == "down (retry in 4 s)"
+    assert 'title="our prompts running there now"' in html  # the columns explain themselves on hover
+
+
+def test_status_shows_duplicates_only_when_a_server_has_some() -> None:
+    status_ = pool_status(duplicates=1)
+    status_["servers"][1]["duplicates"] = 1
+    html = render.status_html(status_)
+    assert "duplicates: 1" in html
+    assert [row["duplicates"] for row in server_rows(html)] == ["0", "1"]
+    text = render.status_text(status_)
+    assert "duplicates: 1" in text and "retried 1  duplicates 1  CLOSED" in text.splitlines()[-1]
+
+
+def test_status_text_in_pool_mode() -> None:
+    lines = render.status_text(pool_status()).splitlines()
+    assert lines[0].startswith("comfy-notebook  mode: pool  locked: none")
+    assert lines[1].endswith("pending tasks: 2  waiting: 3  retries: 1")
+    assert lines[2] == f"  {A}  ok  queue 3  running 1  queued 1  done 7  failed 2  retried 0  OPEN"
+    assert lines[3].startswith(f"  {B}  down (retry in 4 s)  queue 0  running 0  queued 0  done 0  failed 0  retried 1")
+
+
+def test_lock_mode_shows_the_mode_but_not_an_empty_client_side_queue() -> None:
+    html = render.status_html(status(mode="lock", waiting=0, retries=0, duplicates=0))
+    assert "mode: lock" in html and "waiting:" not in html and "retries:" not in html
+    assert "mode: lock" in render.status_text(status(mode="lock", waiting=0))
+
+
+def test_mode_text() -> None:
+    assert render.mode_text("pool").startswith("mode: pool (every server at once")
+    assert render.mode_text("lock").startswith("mode: lock (one server at a time")
 
 
 def test_status_html_without_a_lock_says_locked_none() -> None:
@@ -133,7 +198,39 @@ def test_format_duration() -> None:
 # -- tasks ------------------------------------------------------------------------------------------------------------
 def test_task_html_while_queued_shows_server_and_queue_position() -> None:
     html = render.task_html(make_task(status="queued", server=A, queue_position=3))
-    assert "comfy-state-queued" in html and f"server: {A}" in html and "queue: 3 ahead" in html
+    assert "comfy-state-queued" in html and f"queued on {A}" in html and "queue: 3 ahead" in html
+    assert f"sending to {A}" in render.task_html(make_task(status="pending", server=A))
+    assert ">pending</span>" in render.task_html(make_task(status="pending"))
+
+
+def test_task_waiting_in_the_client_side_queue_has_a_position_and_no_server() -> None:
+    task = make_task(status="waiting", queue_position=0)
+    html = render.task_html(task)
+    assert '<span class="comfy-state comfy-state-waiting">waiting for a server (position 1)</span>' in html
+    assert "server:" not in html and "queue:" not in html and " on " not in html
+    assert "waiting for a server (position 3)" in render.task_text(make_task(status="waiting", queue_position=2))
+    assert render.task_where(task) == "(waiting for a server)"
+
+
+def test_task_after_a_failover_says_where_it_moved_and_the_final_line_counts_attempts() -> None:
+    moved = f"moved from {A} to {B}: {A} stopped answering"
+    attempts = [Attempt(A, "p-1", "lost", "stopped answering"), Attempt(B, "p-2", "running")]
+    task = make_task(status="running", server=B, prompt_id="p-2", moved=moved, attempts=attempts)
+    html = render.task_html(task)
+    assert f"running on {B}" in html and f'<span class="comfy-moved">{moved}</span>' in html
+    assert "attempts" not in html  # while it runs, "moved" says it all
+    task._finish(error=ServerUnavailable("gone", server=B), status="error")
+    text = render.task_text(task)
+    assert text.startswith("comfy prompt p-2: error | server: " + B) and moved in text and "2 attempts" in text
+    one_try = make_task(status="running", server=A, attempts=attempts[:1])
+    one_try._finish(error=ServerUnavailable("gone", server=A), status="error")
+    assert "attempt" not in render.task_text(one_try)
+
+
+def test_task_moved_text_is_scrubbed_and_escaped() -> None:
+    task = make_task(status="running", server=B, moved="moved from http://u:pw@h:1 to <b>: gone")
+    html = render.task_html(task)
+    assert "pw" not in html and "&lt;b&gt;" in html
 
 
 def test_task_html_while_running_shows_the_node_class_and_steps() -> None:
