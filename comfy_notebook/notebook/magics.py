@@ -7,16 +7,12 @@ User errors end the cell as failed with a short rendering (``_render_traceback_`
 
 from __future__ import annotations
 
-import argparse
-import keyword
-import shlex
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
@@ -31,30 +27,7 @@ from comfy_notebook.engine.task import Result, Task
 from comfy_notebook.notebook import render
 from comfy_notebook.notebook.panel import StatusPanel
 from comfy_notebook.notebook.progress import ProgressWidget
-
-HELP = """\
-%comfy servers [URL ...]   set the server pool (no URL: show it); also COMFY_SERVERS or
-                           %config ComfyMagics.servers = ["http://host:8188", ...]
-%comfy mode [lock|pool]    show or set how prompts are spread (also COMFY_MODE or
-                           %config ComfyMagics.mode = "pool"):
-                             lock  one server at a time: new prompts go to the locked server (default)
-                             pool  every server at once: prompts wait here and go to whichever
-                                   server has room; a prompt lost with its server moves to another
-%comfy status              show the live status panel (mode, lock, servers, Reset button)
-%comfy reset               clear the lock, close sockets, cancel pending prompts
-%comfy lock URL            pin the lock to one server of the pool
-%comfy help                this text
-
-%%comfy [NAME <<] [-f FILE] [--server URL] [--timeout SECONDS] [--no-wait]
-<API-format workflow JSON>          (or as a line: %comfy [NAME <<] -f FILE [options])
-    Runs the workflow, shows its progress and waits for the images ("Run All" works).
-    NAME <<       store the Result (with --no-wait: the running Task) in the variable NAME
-    -f FILE       read the workflow from FILE instead of the cell
-    --server URL  run on this server (this cell only)
-    --timeout S   give up after S seconds (the prompt is cancelled)
-    --no-wait     return the Task at once; its progress keeps updating in the cell
-    A JSON string value that is exactly "$name" is replaced by the notebook variable name
-    (a lookup, never evaluated); write "$$name" for a literal "$name"."""
+from comfy_notebook.notebook.syntax import COMMANDS, HELP, CellOptions, parse_cell_line, split_words
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -66,70 +39,6 @@ def _magic(kind: Callable[[str], Any], name: str) -> Callable[[_F], _F]:
 
 def _display(obj: Any, **kwargs: Any) -> None:
     display(obj, **kwargs)  # type: ignore[no-untyped-call]
-
-
-COMMANDS = "servers, mode, status, reset, lock or help"
-CELL_USAGE = "%%comfy [NAME <<] [-f FILE] [--server URL] [--timeout SECONDS] [--no-wait]"
-
-
-# -- parsing ----------------------------------------------------------------------------------------------------------
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports one-line ``UsageError``s instead of printing and exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"%%comfy: {message} (usage: {CELL_USAGE})")
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        raise UsageError(f"%%comfy: {message or 'bad arguments'} (usage: {CELL_USAGE})")
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
-
-
-_CELL_PARSER = _ArgumentParser(prog="%%comfy", add_help=False)
-_CELL_PARSER.add_argument("-f", "--file", dest="file")
-_CELL_PARSER.add_argument("--server")
-_CELL_PARSER.add_argument("--timeout", type=_positive)
-_CELL_PARSER.add_argument("--no-wait", dest="no_wait", action="store_true")
-
-
-@dataclass(frozen=True)
-class CellOptions:
-    target: str | None = None
-    file: str | None = None
-    server: str | None = None
-    timeout: float | None = None
-    no_wait: bool = False
-
-
-def _split(line: str, who: str) -> list[str]:
-    try:
-        return shlex.split(line)
-    except ValueError as exc:
-        raise UsageError(f"{who}: {exc}") from None
-
-
-def parse_cell_line(line: str) -> CellOptions:
-    """``[NAME <<] [options]`` -> ``CellOptions``; anything else is a one-line ``UsageError``."""
-    tokens = _split(line, "%%comfy")
-    target = None
-    if len(tokens) >= 2 and tokens[1] == "<<":
-        target, tokens = tokens[0], tokens[2:]
-    elif tokens and tokens[0].endswith("<<") and tokens[0] != "<<":
-        target, tokens = tokens[0][:-2], tokens[1:]
-    if target is not None and (not target.isidentifier() or keyword.iskeyword(target)):
-        raise UsageError(f"%%comfy: {target!r} is not a valid variable name to store the result in")
-    if any("<<" in token for token in tokens):
-        raise UsageError(f"%%comfy: the target goes first, as in '%%comfy result <<' (usage: {CELL_USAGE})")
-    args = _CELL_PARSER.parse_args(tokens)
-    return CellOptions(target, args.file, args.server, args.timeout, args.no_wait)
 
 
 # -- clean errors -----------------------------------------------------------------------------------------------------
@@ -315,7 +224,7 @@ class ComfyMagics(Magics):
     @_magic(line_magic, "comfy")
     def comfy_line(self, line: str) -> Result | Task | None:
         """Manage the server pool and the lock; ``%comfy help`` lists the commands."""
-        tokens = _split(line, "%comfy")
+        tokens = split_words(line, "%comfy")
         if not tokens:
             raise UsageError(f"%comfy needs a command: {COMMANDS}")
         command, args = tokens[0], tokens[1:]

@@ -19,8 +19,8 @@ from comfy_notebook import api
 from comfy_notebook.core.errors import Cancelled, ExecutionError, ServerUnavailable, ValidationError, WorkflowError
 from comfy_notebook.engine.task import Result, Task
 from comfy_notebook.notebook import extension
-from comfy_notebook.notebook.magics import HELP, CellOptions, parse_cell_line
 from comfy_notebook.notebook.progress import CSS_BOX
+from comfy_notebook.notebook.syntax import HELP, CellOptions, parse_cell_line
 from tests.fakes.fake_comfy import FakeComfy, wait_until
 from tests.notebook.conftest import WORKFLOW, engine_threads, magics_of, make_shell
 
