@@ -27,8 +27,10 @@ class Events:
     def on_event(self, conn: ServerConnection, event: wire.Event) -> None:
         rt = self.rt
         if isinstance(event, wire.Status):
+            record = rt.pool.records.get(conn.server)
+            if record is None or event.queue_remaining < record.queue_remaining:
+                conn.harvest_wake.set()  # the queue went down: something finished (a POST only makes it grow)
             rt.pool.set_queue(conn.server, event.queue_remaining)
-            conn.harvest_wake.set()
             rt.pump()  # the queue moved: a pool-mode server may have room now
             return
         prompt_id = getattr(event, "prompt_id", None)

@@ -130,6 +130,7 @@ class Runtime:
             return
         del self.connections[server]
         await conn.close(1000)
+        await self.api.forget(server)
 
     def ghost(self, server: str, prompt_id: str, task: Task) -> None:
         """Remember a prompt we moved away from ``server``, in case that server finishes it after all."""
