@@ -26,7 +26,8 @@ class Harvester:
         self.rt = rt
 
     def start(self, conn: ServerConnection) -> None:
-        conn.harvest_wake.set()
+        """Harvest ``conn`` while it holds quiet prompts. A new POST does not wake a running harvest: nothing
+        finished because of it (in pool mode a walk per POST doubled the history reads)."""
         if not conn.harvesting:
             conn.harvesting = True
             self.rt.spawn(self.harvest(conn), f"the history harvest on {conn.server}")
