@@ -2,7 +2,7 @@
 #   make demo   - a local pool of two real ComfyUI servers, the quickstart, then the pool is stopped
 #   make test   - every test tier (unit, fake-server faults, real ComfyUI servers), provisioning what it needs
 #   make check  - the fast tier: lint, types, unit and fake-server tests (under a minute)
-#   make bench  - latency and throughput against the floor, side by side on a real server
+#   make bench  - latency and throughput against the floor; pool makespan and failover on 4 real servers; 64 simulated
 #   make lab    - JupyterLab on notebooks/ with a local pool of two real ComfyUI servers; Ctrl-C stops both
 PY      ?= python3
 VENV    := .venv
@@ -46,6 +46,8 @@ test: lint typecheck env chromium
 
 bench: env
 	$(BIN)/python bench/run.py --json out/bench.json
+	$(BIN)/python bench/pool.py --json out/bench-pool.json
+	$(BIN)/python bench/pool_sim.py --json out/bench-sim.json
 
 demo: env
 	$(BIN)/python examples/run_demo.py
