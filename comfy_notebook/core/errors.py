@@ -107,7 +107,8 @@ class Cancelled(ComfyError):
 class ServerUnavailable(ComfyError, ConnectionError):
     """A server could not be reached, answered with a server error, or no server is configured."""
 
-    #: The server refused the connection: nothing listens on its port (the process is gone or restarting).
+    #: The server refused the connection, or dropped it before any HTTP answer: nothing serves its port (the
+    #: process is gone or restarting).
     refused: bool = False
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidMessage
 from websockets.frames import Close
 from websockets.protocol import State
 
@@ -165,7 +166,9 @@ class ServerConnection:
                 reason = self.redact(describe(exc) or type(exc).__name__)
                 self._on_state(self, "error", None, reason)
                 error = ServerUnavailable(f"cannot open a WebSocket to {self.server}: {reason}", server=self.server)
-                error.refused = isinstance(exc, ConnectionRefusedError)
+                # Refused, or reset / closed before any HTTP answer: nothing serves the port (a killed process's
+                # last threads still hold it for ~60 ms, and drop what connects meanwhile).
+                error.refused = isinstance(exc, ConnectionRefusedError | ConnectionResetError | InvalidMessage)
                 raise error from None
             self._ws = ws
             self.generation += 1
