@@ -32,9 +32,16 @@ async def collect(
         await asyncio.sleep(delay)
         try:
             entry = await api.history(conn, prompt_id)
-        except ServerUnavailable:
-            if i == len(retry_delays) - 1:
-                raise
+        except ServerUnavailable as exc:
+            if exc.refused or not conn.is_open or i == len(retry_delays) - 1:
+                # The server died after finishing the prompt: its result went with it, another server can run it.
+                raise PromptLost(
+                    f"prompt {prompt_id} is lost: {conn.server} finished it but cannot be asked for its result "
+                    f"({exc.message})",
+                    server=conn.server,
+                    prompt_id=prompt_id,
+                    why="became unreachable",
+                ) from None
     if entry is None and conn.generation != flight.generation:
         # The socket was lost and reopened since the POST: the server restarted after finishing the prompt and
         # took its history along. The result is gone, not malformed: another server can run it again.

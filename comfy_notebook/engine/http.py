@@ -125,9 +125,11 @@ class ComfyHTTP:
                         )
                     chunks.append(chunk)
         except httpx.HTTPError as exc:
-            raise ServerUnavailable(
+            error = ServerUnavailable(
                 f"{conn.server} did not answer GET {path}: {conn.redact(describe(exc))}", server=conn.server
-            ) from None
+            )
+            error.refused = isinstance(exc, httpx.ConnectError)
+            raise error from None
         body = b"".join(chunks)
         if r.status_code >= 400:
             text = conn.redact(describe(body.decode("utf-8", "replace")))

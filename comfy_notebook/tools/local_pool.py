@@ -139,8 +139,11 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
-def find_free_base_port(n: int, low: int = 20000, high: int = 60000) -> int:
-    """A base port P with P..P+n-1 all free now (random start, so parallel test sessions rarely collide)."""
+def find_free_base_port(n: int, low: int = 20000, high: int = 32000) -> int:
+    """A base port P with P..P+n-1 all free now (random start, so parallel test sessions rarely collide).
+
+    Below Linux's ephemeral range (32768-60999): a port found free there can be taken by an outgoing connection
+    before the server binds it (seen: "address already in use")."""
     start = random.randrange(low, high - n)
     for offset in range(0, high - low, n):
         base = low + (start - low + offset) % (high - low - n)
