@@ -52,7 +52,7 @@ class SocketOptions:
     # ComfyUI's GC stalls (up to ~1.5 s measured with four servers on two cores). A ping is a few bytes.
     ping_interval: float = 0.5
     ping_timeout: float = 2.0
-    close_timeout: float = 0.5
+    close_timeout: float = 0.25
     open_timeout: float = 5.0
     max_size: int = 64 * 1024 * 1024
     max_requests: int = 4  # concurrent HTTP requests per server (cancels and resets bypass this)
