@@ -43,6 +43,8 @@ class Events:
             return  # another client's prompt, or one we no longer track
         flight.last_heard = time.monotonic()
         task = flight.task
+        if task.done() and not (isinstance(event, wire.Executing) and event.done):
+            return  # cancelled: its last events until the server drops it must not make it look alive again
         if isinstance(event, wire.ExecutionStart):
             conn.running = prompt_id
             flight.started_at = flight.last_heard
