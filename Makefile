@@ -1,7 +1,7 @@
 # comfy-notebook: every developer and CI entry point.
 #   make demo   - a local pool of two real ComfyUI servers, the quickstart, then the pool is stopped
 #   make test   - every test tier (unit, fake-server faults, real ComfyUI servers), provisioning what it needs
-#   make check  - the fast tier: lint, types, unit and fake-server tests (under a minute)
+#   make check  - the fast tier: lint, types, unit and fake-server tests (under a minute; 4 workers: they mostly wait)
 #   make bench  - latency and throughput against the floor; pool makespan and failover on 4 real servers; 64 simulated
 #   make lab    - JupyterLab on notebooks/ with a local pool of two real ComfyUI servers; Ctrl-C stops both
 PY      ?= python3
@@ -39,7 +39,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck
-	$(PYTEST) -q -n 2 -m "not real and not browser"
+	$(PYTEST) -q -n 4 -m "not real and not browser and not slow"
 
 test: lint typecheck env chromium
 	$(PYTEST) -q

@@ -1,5 +1,7 @@
 """Marks by folder: everything under tests/integration needs real ComfyUI servers (``real``); tests/browser needs
-JupyterLab and Chromium too (``browser``). ``make check`` runs ``-m "not real and not browser"``."""
+JupyterLab and Chromium too (``browser``). ``make check`` runs ``-m "not real and not browser and not slow"``;
+``slow`` marks fault scenarios of several seconds on the fake server, which ``make test`` runs with everything
+else."""
 
 from __future__ import annotations
 

@@ -50,6 +50,7 @@ class Restarter:
         self._thread.join()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "retries"), [("pool", 2), ("lock", 30)])
 def test_every_prompt_survives_servers_restarting_at_random(fakes: list[FakeComfy], mode: str, retries: int) -> None:
     """Lock mode queues everything on one server, so each restart of it loses all that was queued there: it needs

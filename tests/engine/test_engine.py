@@ -202,6 +202,7 @@ def test_a_restart_that_loses_history_fails_the_task_clearly(engine: Engine, fak
     assert fake.url in str(info.value) and task.prompt_id in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_server_that_dies_fails_its_tasks_within_the_reconnect_window(engine: Engine, fake: FakeComfy) -> None:
     engine.set_servers([fake.url])
     task = engine.submit(workflow(steps=50, step_delay=0.05))
@@ -214,6 +215,7 @@ def test_a_server_that_dies_fails_its_tasks_within_the_reconnect_window(engine: 
     assert fake.url in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_hung_server_is_noticed_by_pings_and_the_task_does_not_hang(engine: Engine, fake: FakeComfy) -> None:
     engine.set_servers([fake.url])
     task = engine.submit(workflow(steps=50, step_delay=0.05))
@@ -250,6 +252,7 @@ def test_a_queued_prompt_whose_events_go_missing_is_found_by_the_queue_poll(fake
         engine.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("silence_check", [1.0, 100.0])
 def test_a_running_prompt_whose_events_stop_is_found_by_the_silence_check(
     fake: FakeComfy, silence_check: float

@@ -83,6 +83,7 @@ def test_a_dead_server_moves_its_prompt_at_once(retrying: Engine, fake: FakeComf
     assert task.attempts[0].reason == "became unreachable"
 
 
+@pytest.mark.slow
 def test_a_hung_server_loses_its_prompt_to_another_and_a_late_finish_is_a_counted_duplicate(
     retrying: Engine, fake: FakeComfy, fake2: FakeComfy
 ) -> None:
@@ -230,6 +231,7 @@ def test_execution_timeout_interrupts_a_long_prompt_and_is_not_retried(fake: Fak
         eng.close()
 
 
+@pytest.mark.slow
 def test_a_long_prompt_on_a_server_that_answers_pings_is_never_killed(fake: FakeComfy) -> None:
     options = dataclasses.replace(RETRYING, silence_check=0.5, monitor_interval=0.1)
     eng = Engine([fake.url], options)

@@ -147,6 +147,7 @@ def test_a_dead_server_cools_down_and_the_others_take_the_work(pool: Engine, fak
     assert dead["healthy"] is False and dead["last_error"]
 
 
+@pytest.mark.slow
 def test_when_no_server_answers_the_prompt_fails_naming_them_all(
     pool: Engine, fake: FakeComfy, fake2: FakeComfy
 ) -> None:
