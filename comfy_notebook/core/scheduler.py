@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from comfy_notebook.core.pool import Pool, ServerRecord
 
@@ -31,7 +31,6 @@ class Job:
     models: frozenset[str] = frozenset()
     avoid: frozenset[str] = frozenset()
     seq: int = -1
-    removed: bool = field(default=False, repr=False)
 
 
 class Scheduler:
@@ -58,18 +57,13 @@ class Scheduler:
             raise ValueError(f"{job.key} is already waiting")
         if job.seq < 0:
             job.seq = next(self._seq)
-        job.removed = False
         self._jobs[job.key] = job
         heapq.heappush(self._heap, (job.seq, next(self._pushes), job))
         return job
 
     def remove(self, key: str) -> bool:
-        """Take a waiting job out (cancelled); False if it was not waiting."""
-        job = self._jobs.pop(key, None)
-        if job is None:
-            return False
-        job.removed = True  # lazily dropped from the heap
-        return True
+        """Take a waiting job out (cancelled); False if it was not waiting. Its heap entry is dropped lazily."""
+        return self._jobs.pop(key, None) is not None
 
     def __len__(self) -> int:
         return len(self._jobs)

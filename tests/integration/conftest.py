@@ -30,6 +30,14 @@ def start_pool(pool: LocalPool, n: int) -> list[str]:
     raise AssertionError("unreachable")
 
 
+def own_pool(tmp_path_factory: pytest.TempPathFactory, name: str, n: int) -> Iterator[LocalPool]:
+    """Body of a module fixture: ``n`` real servers of a module's own, for tests that kill servers (chaos must not
+    disturb the session's shared pool)."""
+    with LocalPool(tmp_path_factory.mktemp(name)) as pool:
+        start_pool(pool, n)
+        yield pool
+
+
 @pytest.fixture(scope="session")
 def real_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPool]:
     """Three real ComfyUI servers shared by the session; tests use ``.urls``, ``.kill(i)``, ``.restart(i)``.

@@ -19,7 +19,7 @@ from comfy_notebook.engine.engine import Engine, EngineOptions
 from comfy_notebook.engine.task import Task
 from comfy_notebook.tools.local_pool import LocalPool
 from tests.integration.chaos import ChaosDriver
-from tests.integration.conftest import start_pool
+from tests.integration.conftest import own_pool
 from tests.workflows import raising_workflow, slow_workflow
 
 PROMPTS = 300
@@ -30,9 +30,7 @@ KILLS = 6
 @pytest.fixture(scope="module")
 def pool3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPool]:
     """Three real servers of this module's own: chaos must not disturb the session's shared pool."""
-    with LocalPool(tmp_path_factory.mktemp("chaos3")) as pool:
-        start_pool(pool, 3)
-        yield pool
+    yield from own_pool(tmp_path_factory, "chaos3", 3)
 
 
 def color(i: int) -> int:

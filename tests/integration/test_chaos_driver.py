@@ -14,7 +14,7 @@ import pytest
 from comfy_notebook.tools.local_pool import LocalPool, answers
 from tests.fakes.fake_comfy import wait_until
 from tests.integration.chaos import ChaosDriver, Kill, port_refused
-from tests.integration.conftest import start_pool
+from tests.integration.conftest import own_pool
 
 SLACK = 1.0  # scheduling slack on the driver's own delays (a kill waits for the process to be reaped, etc.)
 
@@ -22,9 +22,7 @@ SLACK = 1.0  # scheduling slack on the driver's own delays (a kill waits for the
 @pytest.fixture(scope="module")
 def pool2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPool]:
     """Two real servers of this module's own: chaos must not disturb the session's shared pool."""
-    with LocalPool(tmp_path_factory.mktemp("chaos-pool")) as pool:
-        start_pool(pool, 2)
-        yield pool
+    yield from own_pool(tmp_path_factory, "chaos-pool", 2)
 
 
 def assert_all_up(pool: LocalPool) -> None:

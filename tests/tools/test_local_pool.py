@@ -34,6 +34,7 @@ from comfy_notebook.tools.local_pool import (
     find_free_base_port,
     process_start_time,
 )
+from tests.integration.chaos import port_refused
 from tests.workflows import slow_workflow
 
 TEST_NODES_DIR = Path(__file__).resolve().parent.parent / "comfy_nodes"
@@ -229,16 +230,6 @@ def log_since_last_start(pool: LocalPool, i: int) -> str:
         return fh.read().decode()
 
 
-def connection_refused(url: str) -> bool:
-    """True if a TCP connect to the URL's port is refused right now (nothing listens: the server is gone)."""
-    port = int(url.rsplit(":", 1)[1])
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return False
-    except ConnectionRefusedError:
-        return True
-
-
 def test_speeds_and_env_for_reach_each_server_and_survive_a_restart(pool: LocalPool, fake_comfy: Path) -> None:
     urls = pool.start(
         2, base_port=find_free_base_port(2), comfyui_dir=fake_comfy, speeds=[1, 0.5],
@@ -276,7 +267,7 @@ def test_kill_then_restart_without_waiting_keeps_port_folders_and_state_right(
     before = json.loads(pool.state_file.read_text())["servers"][0]
     pool.kill(0)
     assert not pool.alive(0)
-    assert connection_refused(urls[0])
+    assert port_refused(urls[0])
     assert pool.alive(urls[1]) and answers(urls[1])  # only the one we killed
     with pytest.raises(ServerStartError, match="exited"):
         pool.wait_ready([0], timeout=5)  # a dead server is reported at once, not waited for
@@ -507,7 +498,7 @@ def test_speed_factor_slows_a_real_server_and_survives_kill_and_restart(tmp_path
 
         old_pid = p.status()[1].pid
         p.kill(urls[1])
-        assert connection_refused(urls[1])
+        assert port_refused(urls[1])
         assert p.restart(1, wait=False) == urls[1]
         assert p.wait_ready([urls[1]], timeout=120) == [urls[1]]
         assert p.status()[1].pid != old_pid
