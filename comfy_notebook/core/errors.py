@@ -124,6 +124,11 @@ class PromptLost(ComfyError):
         self.why = why
 
 
+class Moved(ComfyError):
+    """Internal: a prompt was taken back from a server's queue before it started, to run on an idle server. The
+    engine sends it on at once; users never see this error."""
+
+
 class ConfigError(ComfyError, ValueError):
     """A configuration mistake (a malformed server URL, an unknown mode or option): fix the call, not the server."""
 

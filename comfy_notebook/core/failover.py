@@ -14,9 +14,11 @@ from comfy_notebook.core.errors import ComfyError, PromptLost, ServerUnavailable
 
 DEFAULT_RETRIES = 2
 
-# Attempt outcomes. An "unreachable" attempt never sent the prompt (the socket did not open), so it costs no retry.
+# Attempt outcomes. An "unreachable" attempt never sent the prompt (the socket did not open) and a "moved" one was
+# taken back before it started (for an idle server, see ``Scheduler.steals``): neither costs a retry.
 CONNECTING, RUNNING, SUCCESS, FAILED = "connecting", "running", "success", "failed"
-LOST, UNREACHABLE, CANCELLED = "lost", "unreachable", "cancelled"
+LOST, UNREACHABLE, CANCELLED, MOVED = "lost", "unreachable", "cancelled", "moved"
+FREE = (UNREACHABLE, MOVED)
 
 
 @dataclass
@@ -39,8 +41,8 @@ def retryable(error: BaseException) -> bool:
 
 
 def tries(attempts: list[Attempt]) -> int:
-    """Attempts that reached a server (the ones ``retries`` counts)."""
-    return sum(1 for a in attempts if a.outcome != UNREACHABLE)
+    """Attempts that reached a server and ended there (the ones ``retries`` counts)."""
+    return sum(1 for a in attempts if a.outcome not in FREE)
 
 
 def should_retry(error: BaseException, attempts: list[Attempt], retries: int) -> bool:

@@ -18,6 +18,8 @@ from comfy_notebook.core.servers import ServerSpec
 
 COOLDOWN_FIRST = 1.0
 COOLDOWN_MAX = 30.0
+#: Weight of the newest prompt in a server's ``service`` average: prompts differ, so several are averaged.
+SERVICE_WEIGHT = 0.2
 
 
 @dataclass
@@ -37,6 +39,9 @@ class ServerRecord:
     failed: int = 0
     retried: int = 0
     duplicates: int = 0
+    #: Seconds per prompt, a moving average of the prompts seen start and finish here (None: none yet). Only
+    #: the ratio between servers matters: it tells whether moving a queued prompt to an idle server pays.
+    service: float | None = None
 
     @property
     def url(self) -> str:
@@ -119,6 +124,13 @@ class Pool:
         # cap the exponent: 2 ** 1024 overflows a float after a long outage
         delay = min(COOLDOWN_MAX, COOLDOWN_FIRST * 2 ** min(record.failures - 1, 32))
         record.cooldown_until = self._clock() + delay
+
+    def observe(self, url: str, seconds: float, weight: float = SERVICE_WEIGHT) -> None:
+        """A prompt ran ``seconds`` on ``url``: fold it into that server's ``service`` average."""
+        record = self.records.get(url)
+        if record is not None and seconds >= 0:
+            old = record.service
+            record.service = seconds if old is None else old + weight * (seconds - old)
 
     def set_queue(self, url: str, queue_remaining: int) -> None:
         record = self.records.get(url)

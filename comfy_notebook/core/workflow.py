@@ -8,7 +8,6 @@ like ``"a $5 bill"`` are safe; ``"$$name"`` is the escape for a literal ``"$name
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Mapping
@@ -45,8 +44,18 @@ def load_workflow(source: Workflow | str | Path) -> Workflow:
                 return _from_file(path)
         return parse_workflow(source)
     if isinstance(source, Mapping):
-        return validate(copy.deepcopy(dict(source)))
+        return validate(_copy(source))
     raise WorkflowError(f"a workflow must be a dict, JSON text or a path, not {type(source).__name__}")
+
+
+def _copy(source: Mapping[str, Any]) -> Workflow:
+    """A deep copy through JSON: what the server will receive, checked now (a value JSON cannot carry is an
+    error here, not at the POST), and several times faster than ``copy.deepcopy`` (a bulk submit copies each)."""
+    try:
+        copied: Workflow = json.loads(json.dumps(dict(source)))
+    except (TypeError, ValueError) as exc:
+        raise WorkflowError(f"the workflow holds a value that cannot be sent as JSON: {exc}") from None
+    return copied
 
 
 def _from_file(path: Path) -> Workflow:

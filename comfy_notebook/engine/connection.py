@@ -74,6 +74,9 @@ class Flight:
     posted_at: float = 0.0  # monotonic; the watchdog's start of the "queued" phase
     started_at: float = 0.0  # monotonic; the start of the "running" phase
     counted: bool = False  # counted in the pool record's ``in_flight`` (see ``Runtime.release``)
+    movable: bool = False  # bound by pool mode's scheduler (not pinned): may be taken back for an idle server
+    stealing: bool = False  # being taken back right now (see ``engine.steal``)
+    finished_hint: bool = False  # a quiet prompt the server's queue no longer counts (see ``presume_finished``)
     server: str = ""  # where this attempt runs (set by ``Runtime.attach``)
     generation: int = 0  # the connection's socket generation when the prompt was posted
     #: This attempt's prompt id (a retry gets a fresh one, so a late finish of the old one is told apart).
@@ -163,6 +166,9 @@ class ServerConnection:
                     open_timeout=opts.open_timeout,
                     max_size=opts.max_size,
                     max_queue=None,  # the reader drains promptly; never apply backpressure to the server
+                    # No permessage-deflate: the frames are small JSON and JPEG previews, and zlib on every frame
+                    # cost both the server and us CPU for nothing.
+                    compression=None,
                 )
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                 reason = self.redact(describe(exc) or type(exc).__name__)

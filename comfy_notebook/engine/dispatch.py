@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from comfy_notebook.core import failover
 from comfy_notebook.core import protocol as wire
-from comfy_notebook.core.errors import Cancelled, ComfyError, ServerUnavailable, ValidationError, describe
+from comfy_notebook.core.errors import Cancelled, ComfyError, Moved, ServerUnavailable, ValidationError, describe
 from comfy_notebook.core.failover import Attempt
 from comfy_notebook.core.scheduler import Job
 from comfy_notebook.core.servers import ServerSpec
@@ -25,9 +25,13 @@ from comfy_notebook.engine.connection import Flight, ServerConnection
 from comfy_notebook.engine.harvest import Harvester
 from comfy_notebook.engine.options import POOL
 from comfy_notebook.engine.runtime import Runtime, Waiting
+from comfy_notebook.engine.steal import Stealer
 from comfy_notebook.engine.task import PENDING, QUEUED, RUNNING, WAITING, Result, Task
 
 log = logging.getLogger(__name__)
+
+#: Prompts admitted between two yields to the loop: 10,000 at once kept every server idle for half a second.
+ADMIT_CHUNK = 128
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Dispatcher:
         self.rt = rt
         self.harvester = harvester
         self.drivers: dict[str, asyncio.Task[None]] = {}  # task.key -> its driver
+        self.stealer = Stealer(rt)
         rt.pump = self.pump
 
     # -- admission ----------------------------------------------------------------------------------------------------
@@ -58,7 +63,9 @@ class Dispatcher:
         rt = self.rt
         if explicit is not None and explicit.url not in rt.pool.records:
             rt.transient.add(explicit.url)
-        for task in tasks:
+        for i, task in enumerate(tasks):
+            if i and i % ADMIT_CHUNK == 0:
+                await asyncio.sleep(0)  # let the first drivers post while the rest are admitted
             flight = None
             if explicit is not None or not self.late_binding():
                 flight = self.new_flight(task, self.route_for(explicit, set()), quiet)
@@ -126,16 +133,20 @@ class Dispatcher:
             rt.waiting.pop(task.key, None)
             rt.scheduler.remove(task.key)
 
-    def pump(self) -> None:
-        """Bind waiting prompts to servers with room (called whenever room may have appeared)."""
+    def pump(self, server: str | None = None) -> None:
+        """Bind waiting prompts to servers with room (called whenever room may have appeared: on ``server`` only,
+        when given); with nothing waiting, let an idle server take back a prompt queued elsewhere."""
         rt = self.rt
         if not rt.waiting:
+            if self.late_binding():
+                self.stealer.consider()
             return
-        for job, url in rt.scheduler.assign():
+        for job, url in rt.scheduler.assign(server):
             waiting = rt.waiting.pop(job.key, None)
             if waiting is None or waiting.bound.done():
                 continue
             flight = self.new_flight(waiting.task, rt.pool.records[url].spec, waiting.quiet)
+            flight.movable = True
             waiting.bound.set_result(flight)
 
     # -- one prompt, every attempt ------------------------------------------------------------------------------------
@@ -213,6 +224,13 @@ class Dispatcher:
         if isinstance(exc, Cancelled) or task.done():
             attempt.outcome = failover.CANCELLED
             return False
+        if isinstance(exc, Moved):  # taken back before it started, for an idle server: costs no retry
+            attempt.outcome = failover.MOVED
+            attempt.reason = "had not started it"
+            trip.avoid.add(attempt.server)
+            trip.moved_from = (attempt.server, "had not started it and another server was idle")
+            task._update(prompt_id=wire.new_id(), status=PENDING, progress=None, node=None, queue_position=None)
+            return True
         if not failover.retryable(exc):
             attempt.outcome = failover.FAILED
             self._count(attempt.server, "failed")

@@ -10,6 +10,7 @@ import time
 
 from comfy_notebook.core import protocol as wire
 from comfy_notebook.engine.connection import ServerConnection
+from comfy_notebook.engine.harvest import presume_finished
 from comfy_notebook.engine.recovery import Recovery
 from comfy_notebook.engine.runtime import Runtime
 from comfy_notebook.engine.task import RUNNING, Progress
@@ -30,8 +31,10 @@ class Events:
             record = rt.pool.records.get(conn.server)
             if record is None or event.queue_remaining < record.queue_remaining:
                 conn.harvest_wake.set()  # the queue went down: something finished (a POST only makes it grow)
+            if record is not None:
+                presume_finished(rt, conn, record.queue_remaining, event.queue_remaining)
             rt.pool.set_queue(conn.server, event.queue_remaining)
-            rt.pump()  # the queue moved: a pool-mode server may have room now
+            rt.pump(conn.server)  # the queue moved: this server may have room now
             return
         prompt_id = getattr(event, "prompt_id", None)
         if isinstance(event, wire.Preview) and prompt_id is None:
@@ -53,6 +56,8 @@ class Events:
             if event.done:
                 if conn.running == prompt_id:
                     conn.running = None
+                if flight.started_at and not flight.done.done():
+                    rt.pool.observe(conn.server, flight.last_heard - flight.started_at)
                 if not flight.done.done():
                     flight.done.set_result(None)
             else:

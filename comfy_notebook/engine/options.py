@@ -50,10 +50,10 @@ class EngineOptions:
     cancel_wait: float = 0.5
     #: How often the monitor looks at silent prompts, queue positions, cooldowns and watchdog limits.
     monitor_interval: float = 0.5
-    #: The bulk harvester's longest wait for a ``status`` broadcast, and its pause between two walks (at most
-    #: ~50 walks a second: each costs the busy server a request).
+    #: The bulk harvester's longest wait for a ``status`` broadcast, and how long finished prompts accumulate for
+    #: one history read while the server is busy (their places are free already; a drained queue is read at once).
     harvest_idle: float = 1.0
-    harvest_gap: float = 0.02
+    harvest_gap: float = 1.0
     #: Delays before re-reading a finished prompt's history (the history-write race, transient failures).
     collect_retry_delays: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0)
     #: Prompts left on a lost server are watched this long (seconds between checks, then forgotten), so a

@@ -28,6 +28,7 @@ class Recovery:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self._last_queue_poll: dict[str, float] = {}
+        self._last_positions = 0.0
         self._last_ghost_check = 0.0
 
     # -- a socket closed ----------------------------------------------------------------------------------------------
@@ -129,7 +130,8 @@ class Recovery:
             live = rt.live_flights(conn)
             self.watchdog(conn, live, now)
             silent = [f for f in live if now - f.last_heard > options.silence_check]
-            waiting = [f for f in live if f.task.status == QUEUED]
+            # Positions for prompts with events (a cell shows them); quiet ones are harvested, never polled.
+            waiting = [f for f in live if f.task.status == QUEUED and not f.quiet]
             poll_queue = (
                 waiting
                 and len(waiting) <= options.queue_poll_max
@@ -144,10 +146,15 @@ class Recovery:
                 rt.spawn(self.check_ghosts(server, now), f"checking prompts left on {server}")
 
     def refresh_positions(self) -> None:
-        """Client-side queue positions of waiting prompts (once per tick, not per binding: O(n))."""
+        """Client-side queue positions of waiting prompts (once per tick, not per binding: O(n)). A long queue is
+        refreshed less often (every 500 waiting prompts add a tick): 10,000 positions took 12 ms per refresh."""
         rt = self.rt
         if not rt.waiting:
             return
+        now = time.monotonic()
+        if now - self._last_positions < self.rt.options.monitor_interval * (len(rt.waiting) // 500):
+            return
+        self._last_positions = now
         for key, position in rt.scheduler.positions().items():
             waiting = rt.waiting.get(key)
             if waiting is not None and waiting.task.status == WAITING and waiting.task.queue_position != position:

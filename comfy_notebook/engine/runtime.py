@@ -68,7 +68,8 @@ class Runtime:
         self.transient: set[str] = set()
         self._on_event = on_event
         self._on_socket = on_socket
-        self.pump: Callable[[], None] = lambda: None  # set by the dispatcher: bind waiting prompts now
+        #: Set by the dispatcher: bind waiting prompts now (to the one server named, when only its room changed).
+        self.pump: Callable[..., None] = lambda server=None: None
 
     # -- background work ----------------------------------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any], what: str = "background task") -> asyncio.Task[Any]:
@@ -110,7 +111,7 @@ class Runtime:
         record = self.pool.records.get(flight.server)
         if record is not None:
             record.in_flight = max(0, record.in_flight - 1)
-        self.pump()
+        self.pump(flight.server)
 
     def detach(self, flight: Flight) -> None:
         """Forget this attempt on its server (after its result, its loss, or a move before its POST)."""

@@ -23,6 +23,7 @@ from comfy_notebook.core.failover import (
     DEFAULT_RETRIES,
     FAILED,
     LOST,
+    MOVED,
     RUNNING,
     UNREACHABLE,
     Attempt,
@@ -261,3 +262,9 @@ def test_limits_are_immutable() -> None:
     limits = Limits()
     with pytest.raises(AttributeError):
         limits.start = 1.0  # type: ignore[misc]
+
+
+def test_a_prompt_taken_back_before_it_started_costs_no_retry() -> None:
+    attempts = [Attempt("http://a:1", "p1", MOVED), Attempt("http://b:1", "p2", LOST)]
+    assert tries(attempts) == 1
+    assert should_retry(PromptLost("gone"), attempts, retries=1)

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from comfy_notebook.core.pool import Pool
-from comfy_notebook.core.scheduler import DEFAULT_DEPTH, Job, Scheduler
+from comfy_notebook.core.scheduler import DEFAULT_DEPTH, Job, Queued, Scheduler
 from comfy_notebook.core.servers import ServerSpec
 from tests.core.clock import Clock
 
@@ -550,3 +550,77 @@ def test_fast_servers_take_more_work_without_configuration(clock: Clock) -> None
             running[url].append(tick if not running[url] else running[url][-1] + period[url])
     assert counts[A] > counts[B] > counts[C] > 0
     assert sum(counts.values()) == 300
+
+
+# -- taking queued work back for an idle server ----------------------------------------------------------------------
+def test_steals_nothing_while_prompts_wait(clock: Clock) -> None:
+    _, s = make(clock, A, B)
+    add(s, "p1")
+    assert s.steals([Queued("q", A, ahead=1)]) == []
+
+
+def test_an_idle_server_takes_a_prompt_queued_behind_a_running_one(clock: Clock) -> None:
+    pool, s = make(clock, A, B)
+    pool.records[A].in_flight = 2
+    taken = s.steals([Queued("running", A, ahead=0), Queued("next", A, ahead=1)])
+    assert [(q.key, thief) for q, thief in taken] == [("next", B)]
+
+
+def test_no_steal_without_an_idle_server(clock: Clock) -> None:
+    pool, s = make(clock, A, B)
+    pool.records[A].in_flight = 2
+    pool.records[B].in_flight = 1  # running one: not idle
+    assert s.steals([Queued("next", A, ahead=1)]) == []
+    pool.records[B].in_flight = 0
+    pool.records[B].queue_remaining = 1  # another client's prompt runs there
+    assert s.steals([Queued("next", A, ahead=1)]) == []
+
+
+def test_a_cooling_or_busy_server_does_not_steal(clock: Clock) -> None:
+    pool, s = make(clock, A, B)
+    pool.records[A].in_flight = 2
+    pool.mark_failed(B, "down")
+    assert s.steals([Queued("next", A, ahead=1)]) == []
+    clock.advance(60)
+    assert s.steals([Queued("next", A, ahead=1)], busy=[B]) == []
+    assert len(s.steals([Queued("next", A, ahead=1)])) == 1
+
+
+def test_a_slow_idle_server_leaves_a_prompt_that_starts_soon_on_a_fast_one(clock: Clock) -> None:
+    pool, s = make(clock, A, B)
+    pool.records[A].in_flight = 2
+    pool.observe(A, 1.0)
+    pool.observe(B, 2.0)  # B takes twice as long: 2 s there vs about 1.5 s on A
+    assert s.steals([Queued("next", A, ahead=1)]) == []
+    # two ahead on A (2.5 s) is worth moving to B (2 s)
+    assert [q.key for q, _ in s.steals([Queued("later", A, ahead=2)])] == ["later"]
+
+
+def test_a_fast_idle_server_takes_from_the_slow_one_first(clock: Clock) -> None:
+    pool, s = make(clock, A, B, C)
+    for url, seconds in ((A, 1.0), (B, 2.0), (C, 1.0)):
+        pool.observe(url, seconds)
+    pool.records[A].in_flight = pool.records[B].in_flight = 2
+    taken = s.steals([Queued("on-a", A, ahead=1), Queued("on-b", B, ahead=1)])
+    assert [(q.key, thief) for q, thief in taken] == [("on-b", C)]
+
+
+def test_each_queued_prompt_is_taken_once_and_never_by_its_own_server(clock: Clock) -> None:
+    pool, s = make(clock, A, B, C)
+    pool.records[A].in_flight = 3
+    taken = s.steals([Queued("second", A, ahead=1), Queued("third", A, ahead=2)])
+    assert sorted(q.key for q, _ in taken) == ["second", "third"]
+    assert {thief for _, thief in taken} == {B, C}
+    pool.records[B].in_flight = pool.records[C].in_flight = 0
+    pool.records[A].in_flight = 0
+    assert s.steals([Queued("mine", A, ahead=1)], busy=[B, C]) == []
+
+
+def test_service_average_follows_the_prompts_seen(clock: Clock) -> None:
+    pool, _ = make(clock, A)
+    assert pool.records[A].service is None
+    pool.observe(A, 2.0)
+    assert pool.records[A].service == 2.0
+    pool.observe(A, 1.0, weight=0.5)
+    assert pool.records[A].service == 1.5
+    pool.observe("http://elsewhere:1", 1.0)  # not in the pool: ignored

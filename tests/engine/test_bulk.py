@@ -3,6 +3,7 @@ queue order, and fetches files the server keeps on disk on first use."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import httpx
@@ -13,7 +14,7 @@ from comfy_notebook.core.servers import ServerSpec
 from comfy_notebook.engine.engine import Engine
 from comfy_notebook.engine.http import HttpOptions, fetch_files
 from comfy_notebook.engine.loop import THREAD_NAME
-from tests.engine.conftest import workflow
+from tests.engine.conftest import FAST, workflow
 from tests.fakes.fake_comfy import FakeComfy, wait_until
 
 
@@ -112,3 +113,21 @@ def test_bulk_harvest_reads_history_in_batches(engine: Engine, fake: FakeComfy) 
     assert all(t.result(20).status == "success" for t in tasks)
     history_reads = [path for method, path in fake.http_log if method == "GET" and path.startswith("/history")]
     assert len(history_reads) < 0.75 * len(tasks), history_reads  # well under one read per prompt
+
+
+def test_pool_mode_frees_a_place_when_the_queue_shrinks_and_reads_history_in_batches(
+    fake: FakeComfy, fake2: FakeComfy
+) -> None:
+    """A server working through bulk prompts one at a time: the place of each finished prompt is given back on the
+    ``status`` broadcast (no history read needed to bind the next one), and the history is read in batches."""
+    eng = Engine([fake.url, fake2.url], dataclasses.replace(FAST, mode="pool"))
+    try:
+        tasks = eng.submit_many([workflow(i, steps=1, step_delay=0.02) for i in range(60)])
+        assert all(t.result(30).status == "success" for t in tasks)
+    finally:
+        eng.close()
+    for server in (fake, fake2):
+        served = sum(t.server == server.url for t in tasks)
+        reads = [p for m, p in server.http_log if m == "GET" and p.startswith("/history")]
+        assert served >= 20  # both servers worked
+        assert len(reads) <= served / 3, (served, reads)

@@ -563,8 +563,8 @@ class FakeComfy(ThreadedAiohttpServer):
     async def _get_history(self, request: web.Request) -> web.Response:
         items = list(self._history.items())
         if "max_items" in request.query:
-            keep = max(int(request.query["max_items"]), 0)
-            items = items[len(items) - keep :]
+            keep = max(int(request.query["max_items"]), 0)  # the newest `keep`, all of them if there are fewer
+            items = items[max(0, len(items) - keep) :] if keep else []
         return web.json_response(dict(items))
 
     async def _post_history(self, request: web.Request) -> web.Response:

@@ -179,6 +179,9 @@ def test_hold_queue_delete_and_fail_http(fake: FakeComfy) -> None:
     assert first.status_code == 503 and first.headers["content-type"].startswith("text/plain")
     assert ids[0] in httpx.get(f"{fake.url}/history/{ids[0]}").json()
     assert list(httpx.get(f"{fake.url}/history", params={"max_items": 1}).json()) == [ids[2]]
+    # as ComfyUI's get_history: more than there are gives them all, oldest first; 0 gives none
+    assert list(httpx.get(f"{fake.url}/history", params={"max_items": 5}).json()) == [ids[0], ids[2]]
+    assert httpx.get(f"{fake.url}/history", params={"max_items": 0}).json() == {}
 
 
 def test_restart_loses_queue_and_history_on_the_same_url(fake: FakeComfy) -> None:
