@@ -1,6 +1,6 @@
 # comfy-notebook: every developer and CI entry point.
 #   make demo   - a local pool of two real ComfyUI servers, the quickstart, then the pool is stopped
-#   make test   - every test tier (unit, fake-server faults, real ComfyUI servers), provisioning what it needs
+#   make test   - every test tier (unit, fake-server faults, real ComfyUI servers and balancers), provisioning it all
 #   make check  - the fast tier: lint, types, unit and fake-server tests (under a minute; 4 workers: they mostly wait)
 #   make bench  - latency and throughput against the floor; pool makespan and failover on 4 real servers; 64 simulated
 #   make lab    - JupyterLab on notebooks/ with a local pool of two real ComfyUI servers; Ctrl-C stops both
@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.installed
 PYTEST  := $(BIN)/pytest -p no:cacheprovider
 export COMFY_NOTEBOOK_CACHE ?= $(HOME)/.cache/comfy-notebook
 
-.PHONY: install env chromium check lint typecheck test bench demo lab clean
+.PHONY: install env chromium balancers check lint typecheck test bench demo lab clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ env: $(STAMP)
 chromium:
 	scripts/ensure-chromium.sh
 
+# Debian's haproxy and nginx for the load-balancer tests (no-op if both are in /usr/sbin; installing needs root +
+# apt-get). The tests start their own instances on loopback ports; the system services are never started.
+balancers:
+	scripts/ensure-balancers.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check comfy_notebook tests bench examples
 	$(BIN)/ruff format --check comfy_notebook tests bench examples
@@ -41,7 +46,7 @@ typecheck: $(STAMP)
 check: lint typecheck
 	$(PYTEST) -q -n 4 -m "not real and not browser and not slow"
 
-test: lint typecheck env chromium
+test: lint typecheck env chromium balancers
 	$(PYTEST) -q
 
 bench: env
