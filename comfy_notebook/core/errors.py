@@ -124,6 +124,12 @@ class PromptLost(ComfyError):
         self.why = why
 
 
+class NoAffinity(ComfyError):
+    """The server URL is a load balancer that spreads our calls over several backends: the prompt's results
+    cannot be followed through it. Never retried (every retry would meet the same balancer); the message says how
+    to fix the balancer."""
+
+
 class Moved(ComfyError):
     """Internal: a prompt was taken back from a server's queue before it started, to run on an idle server. The
     engine sends it on at once; users never see this error."""

@@ -8,10 +8,23 @@ import functools
 import time
 
 from comfy_notebook.core import protocol as wire
-from comfy_notebook.core.errors import ComfyError, PromptInterrupted, PromptLost, ProtocolError, ServerUnavailable
+from comfy_notebook.core.affinity import no_affinity_message
+from comfy_notebook.core.errors import (
+    ComfyError,
+    NoAffinity,
+    PromptInterrupted,
+    PromptLost,
+    ProtocolError,
+    ServerUnavailable,
+)
 from comfy_notebook.engine.connection import Flight, ServerConnection
 from comfy_notebook.engine.http import ComfyHTTP, HttpOptions, fetch_files
 from comfy_notebook.engine.task import Result
+
+
+def is_plain_name(filename: str) -> bool:
+    """A file name a server serves as it is (a hostile one with ``..`` or separators is refused, not missing)."""
+    return bool(filename) and ".." not in filename and "/" not in filename and "\\" not in filename
 
 
 async def collect(
@@ -51,6 +64,9 @@ async def collect(
             prompt_id=prompt_id,
             why="restarted and forgot the prompt",
         )
+    if entry is None and conn.affinity.broken:
+        message = no_affinity_message(conn.server, conn.affinity.broken)
+        raise NoAffinity(message, server=conn.server, prompt_id=prompt_id)
     if entry is None:
         raise ProtocolError(
             f"{conn.server} reported prompt {prompt_id} finished but has no history for it",
@@ -63,6 +79,13 @@ async def collect(
     now = [ref for ref in refs if not flight.quiet or ref.type != "output"]
     data = await asyncio.gather(*(api.view(conn, ref) for ref in now))
     fetched = {ref: blob for ref, blob in zip(now, data, strict=True) if blob is not None}
+    unserved = [ref.filename for ref in now if ref not in fetched and is_plain_name(ref.filename)]
+    if unserved and conn.generation == flight.generation:
+        # A file its own history lists, with a plain name, and the socket never dropped: a single ComfyUI serves
+        # it, so this URL is several backends. A result with files missing is never a success.
+        sign = conn.affinity.broken or f"it did not serve {unserved[0]!r}, an output its history lists"
+        conn.affinity.broken = sign
+        raise NoAffinity(no_affinity_message(conn.server, sign), server=conn.server, prompt_id=prompt_id)
     result = Result(
         prompt_id,
         conn.server,
@@ -70,7 +93,9 @@ async def collect(
         outputs=entry.outputs,
         refs=refs,
         fetched=fetched,
-        fetch=functools.partial(fetch_files, conn.spec, http),
+        fetch=functools.partial(
+            fetch_files, conn.spec, http, affinity=(conn.affinity.headers(), conn.affinity.params())
+        ),
         elapsed=time.time() - task.submitted_at,
     )
     if entry.status == "success":

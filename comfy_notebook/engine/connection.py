@@ -22,6 +22,7 @@ from websockets.exceptions import InvalidMessage
 from websockets.frames import Close
 from websockets.protocol import State
 
+from comfy_notebook.core.affinity import Affinity
 from comfy_notebook.core.errors import ServerUnavailable, describe
 from comfy_notebook.core.lock import ConnectionState
 from comfy_notebook.core.protocol import Event, HistoryEntry, new_id, parse_binary, parse_text
@@ -81,6 +82,7 @@ class Flight:
     generation: int = 0  # the connection's socket generation when the prompt was posted
     #: This attempt's prompt id (a retry gets a fresh one, so a late finish of the old one is told apart).
     prompt_id: str = ""
+    backends: int = 0  # the connection's backend changes when the prompt was posted (see ``core.affinity``)
 
     def __post_init__(self) -> None:
         self.prompt_id = self.prompt_id or self.task.prompt_id
@@ -108,6 +110,9 @@ class ServerConnection:
         self.server = spec.url
         self.client_id = new_id()
         self.quiet_id = new_id()  # never connected: prompts posted under it get no events
+        #: Cookies a balancer set and the key we send (see ``core.affinity``); the key is on unless the engine
+        #: turns it off.
+        self.affinity = Affinity(key=self.client_id)
         self.harvest_wake = asyncio.Event()  # set by every ``status`` broadcast: the queue moved
         self.harvesting = False
         self.flights: dict[str, Flight] = {}
@@ -159,7 +164,7 @@ class ServerConnection:
             try:
                 ws = await connect(
                     self.spec.ws_url(self.client_id),
-                    additional_headers=dict(self.spec.headers),
+                    additional_headers={**self.spec.headers, **self.affinity.headers()},
                     ping_interval=opts.ping_interval,
                     ping_timeout=opts.ping_timeout,
                     close_timeout=opts.close_timeout,
@@ -180,8 +185,17 @@ class ServerConnection:
                 raise error from None
             self._ws = ws
             self.generation += 1
+            self.affinity.reconnected()
+            if ws.response is not None:
+                self.saw_cookies(ws.response.headers.get_all("Set-Cookie"))
             self._reader = asyncio.create_task(self._read(ws), name=f"comfy-reader {self.server}")
             self._on_state(self, "open", None, "")
+
+    def saw_cookies(self, set_cookies: list[str]) -> None:
+        """Cookies of any answer from this URL (the socket's 101 or HTTP): kept for every call after it; a cookie
+        that changed means a balancer sent us to another backend."""
+        if set_cookies and self.affinity.absorb(set_cookies):
+            self._on_state(self, "backend", None, "")
 
     async def _read(self, ws: ClientConnection) -> None:
         code: int | None = None

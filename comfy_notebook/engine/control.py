@@ -7,6 +7,7 @@ import contextlib
 import logging
 from typing import Any
 
+from comfy_notebook.core.affinity import KEY, OFF, no_affinity_message
 from comfy_notebook.core.errors import Cancelled
 from comfy_notebook.core.servers import ServerSpec
 from comfy_notebook.engine.connection import ServerConnection
@@ -139,6 +140,12 @@ class Control:
             entry["locked"] = entry["url"] == status["locked_server"]
             entry["running"] = sum(1 for f in flights if f.task.status == RUNNING)
             entry["queued"] = sum(1 for f in flights if f.task.status == QUEUED)
+            # Behind a balancer: how our calls stay on one backend, how often it moved us, and why it cannot.
+            affinity = conn.affinity if conn else None
+            entry["affinity"] = affinity.mode if affinity else (KEY if rt.options.affinity_key else OFF)
+            entry["backend_changes"] = affinity.backend_changes if affinity else 0
+            broken = affinity.broken if affinity else None
+            entry["affinity_error"] = no_affinity_message(entry["url"], broken) if broken else None
         status["servers"] = servers
         status["retries"] = sum(s["retried"] for s in servers)
         status["duplicates"] = sum(s["duplicates"] for s in servers)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from comfy_notebook.core import failover
 from comfy_notebook.core import protocol as wire
+from comfy_notebook.core.affinity import no_affinity_message
 from comfy_notebook.core.errors import Cancelled, ComfyError, Moved, ServerUnavailable, ValidationError, describe
 from comfy_notebook.core.failover import Attempt
 from comfy_notebook.core.scheduler import Job
@@ -288,6 +289,7 @@ class Dispatcher:
         task, prompt_id = flight.task, flight.prompt_id
         client_id = conn.quiet_id if flight.quiet else conn.client_id
         body = wire.prompt_body(task.workflow, client_id=client_id, prompt_id=prompt_id)
+        seen = conn.affinity.highest
         status, content = await self.rt.api.post_prompt(conn, body)
         if status == 0 or status >= 500:
             # We minted the id, so we can ask whether the prompt landed before calling it failed.
@@ -311,10 +313,13 @@ class Dispatcher:
                 self.rt.spawn(self.rt.api.drop(conn, prompt_id), f"dropping {prompt_id}")
             raise
         self.mark_posted(flight, conn, queued.number)
+        if conn.affinity.posted(queued.number, seen):
+            log.warning("%s", no_affinity_message(conn.server, conn.affinity.broken or ""))
 
     def mark_posted(self, flight: Flight, conn: ServerConnection, number: int | None = None) -> None:
         flight.posted = True
         flight.generation = conn.generation
+        flight.backends = conn.affinity.backend_changes
         flight.number = number
         flight.last_heard = flight.posted_at = time.monotonic()
         if flight.task.status != RUNNING and not flight.task.done():  # a late POST answer never revives

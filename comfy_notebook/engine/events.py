@@ -78,6 +78,14 @@ class Events:
             rt.lock.opened(server)
             rt.pool.mark_ok(server)
             rt.pump()
+        elif what == "backend":
+            log.warning(
+                "the balancer at %s sent us to another backend (its cookie changed): prompts the old one held are "
+                "sent again",
+                server,
+            )
+            if conn.is_open:  # the socket may still reach the old backend: reopen it with the new cookie
+                rt.spawn(conn.close(1000), f"moving the socket of {server} to its new backend")
         elif what == "closing":
             rt.lock.closing(server)
         elif what == "error":

@@ -13,7 +13,9 @@ import json
 import logging
 import ssl
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -83,6 +85,7 @@ class ComfyHTTP:
                     limits=httpx.Limits(max_connections=room, max_keepalive_connections=room),
                     verify=options.verify_tls,
                     follow_redirects=False,
+                    cookies=_no_cookies(),
                 )
             else:
                 if url.startswith("https:") and self._tls is None:
@@ -90,7 +93,9 @@ class ComfyHTTP:
                 transport = self._transports[conn.server] = LoopTransport(
                     url, max_connections=room, ssl_context=self._tls
                 )
-                client = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
+                client = httpx.AsyncClient(
+                    transport=transport, timeout=timeout, follow_redirects=False, cookies=_no_cookies()
+                )
             self._clients[conn.server] = client
         return client
 
@@ -118,12 +123,15 @@ class ComfyHTTP:
                 client = self._client(conn)
                 transport = self._transports.get(conn.server)
                 if transport is None:
-                    response = await client.post(conn.spec.http_url("/prompt"), json=body, headers=conn.spec.headers)
+                    response = await client.post(
+                        conn.spec.http_url("/prompt"), json=body, headers=_headers(conn), params=conn.affinity.params()
+                    )
                 else:
                     url = self._prompt_urls.get(conn.server)
                     if url is None:
-                        url = self._prompt_urls[conn.server] = httpx.URL(conn.spec.http_url("/prompt"))
-                    headers = {**_JSON_HEADERS, **conn.spec.headers}
+                        url = httpx.URL(conn.spec.http_url("/prompt"), params=conn.affinity.params())
+                        self._prompt_urls[conn.server] = url
+                    headers = {**_JSON_HEADERS, **_headers(conn)}
                     content = json.dumps(body, separators=(",", ":")).encode()
                     request = httpx.Request(
                         "POST", url, headers=headers, content=content, extensions={"timeout": self._timeouts}
@@ -132,6 +140,7 @@ class ComfyHTTP:
                     await response.aread()
         except httpx.TransportError as exc:
             return 0, conn.redact(describe(exc)).encode()
+        conn.saw_cookies(response.headers.get_list("set-cookie"))
         return response.status_code, response.content
 
     async def get(
@@ -148,13 +157,15 @@ class ComfyHTTP:
         ``missing`` status."""
         request_timeout = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
         url = conn.spec.http_url(path)
+        params = {**(params or {}), **conn.affinity.params()}
         try:
             async with (
                 conn.http_slots,
                 self._client(conn).stream(
-                    "GET", url, params=params, headers=conn.spec.headers, timeout=request_timeout
+                    "GET", url, params=params, headers=_headers(conn), timeout=request_timeout
                 ) as r,
             ):
+                conn.saw_cookies(r.headers.get_list("set-cookie"))
                 if r.status_code in missing:
                     return None
                 chunks, size = [], 0
@@ -225,12 +236,17 @@ class ComfyHTTP:
         try:
             async with conn.http_slots:
                 response = await self._client(conn).post(
-                    conn.spec.http_url(path), json=body, headers=conn.spec.headers, timeout=timeout
+                    conn.spec.http_url(path),
+                    json=body,
+                    headers=_headers(conn),
+                    params=conn.affinity.params(),
+                    timeout=timeout,
                 )
         except httpx.HTTPError as exc:
             raise ServerUnavailable(
                 f"{conn.server} did not answer POST {path}: {conn.redact(describe(exc))}", server=conn.server
             ) from None
+        conn.saw_cookies(response.headers.get_list("set-cookie"))
         if response.status_code >= 400:
             raise ServerUnavailable(
                 f"{conn.server} answered POST {path} with HTTP {response.status_code}", server=conn.server
@@ -241,7 +257,9 @@ class ComfyHTTP:
         Bypasses the request slots: a cancel must go out even when the slots are taken by a hung server."""
         timeout = self.options.cancel_timeout
         calls = [
-            self._client(conn).post(url, json=body, headers=conn.spec.headers, timeout=timeout)
+            self._client(conn).post(
+                url, json=body, headers=_headers(conn), params=conn.affinity.params(), timeout=timeout
+            )
             for url, body in (
                 (conn.spec.http_url("/queue"), {"delete": [prompt_id]}),
                 (conn.spec.http_url("/interrupt"), {"prompt_id": prompt_id}),
@@ -250,6 +268,16 @@ class ComfyHTTP:
         for outcome in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 log.info("could not cancel %s on %s: %s", prompt_id, conn.server, conn.redact(describe(outcome)))
+
+
+def _headers(conn: ServerConnection) -> dict[str, str]:
+    """The server's own headers (credentials) plus its affinity: the balancer's cookies and our key."""
+    return {**conn.spec.headers, **conn.affinity.headers()}
+
+
+def _no_cookies() -> httpx.Cookies:
+    """httpx's own jar stays empty: the connection's jar is shared with its socket (see ``core.affinity``)."""
+    return httpx.Cookies(CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])))
 
 
 def env_proxied(url: str) -> bool:
@@ -272,12 +300,21 @@ class _SyncClients:
         with cls.guard:
             client = cls.clients.get(verify)
             if client is None:
-                client = cls.clients[verify] = httpx.Client(verify=verify, limits=httpx.Limits(max_connections=8))
+                client = cls.clients[verify] = httpx.Client(
+                    verify=verify, limits=httpx.Limits(max_connections=8), cookies=_no_cookies()
+                )
             return client
 
 
-def fetch_files(spec: ServerSpec, options: HttpOptions, refs: list[wire.ImageRef]) -> list[bytes | None]:
-    """Fetch ``refs`` from ``spec``'s server now, in this thread (None for a file the server does not serve)."""
+def fetch_files(
+    spec: ServerSpec,
+    options: HttpOptions,
+    refs: list[wire.ImageRef],
+    *,
+    affinity: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {}),
+) -> list[bytes | None]:
+    """Fetch ``refs`` from ``spec``'s server now, in this thread (None for a file the server does not serve).
+    ``affinity``: the headers and query parameters that reach the prompt's backend behind a balancer."""
     if threading.current_thread().name == THREAD_NAME:
         raise RuntimeError("image bytes cannot be fetched on the engine's loop thread; read them from a cell")
     out: list[bytes | None] = []
@@ -286,7 +323,11 @@ def fetch_files(spec: ServerSpec, options: HttpOptions, refs: list[wire.ImageRef
     for ref in refs:
         try:
             with client.stream(
-                "GET", spec.http_url("/view"), params=view_params(ref), headers=spec.headers, timeout=timeout
+                "GET",
+                spec.http_url("/view"),
+                params={**view_params(ref), **affinity[1]},
+                headers={**spec.headers, **affinity[0]},
+                timeout=timeout,
             ) as response:
                 if response.status_code in VIEW_MISSING:
                     log.warning("%s did not serve file %r (type %s)", spec.url, ref.filename, ref.type)

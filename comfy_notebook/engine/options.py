@@ -30,6 +30,9 @@ class EngineOptions:
     mode: str = LOCK
     #: How many times a prompt whose server was lost is sent again (to another server where there is one).
     retries: int = DEFAULT_RETRIES
+    #: Send each connection's client id as the ``clientId`` query parameter of every HTTP call and as the
+    #: ``X-Comfy-Affinity`` header (a balancer that hashes on either keeps all our calls on one backend).
+    affinity_key: bool = True
     #: Pool mode: prompts of ours queued or running per server (2: the next one waits on the server while one runs).
     depth: int = DEFAULT_DEPTH
     #: Watchdog limits per phase (connect and POST limits are ``socket.open_timeout`` and ``http.timeout``).

@@ -13,13 +13,17 @@ import logging
 import time
 
 from comfy_notebook.core import protocol as wire
-from comfy_notebook.core.errors import ComfyError, PromptLost, ServerUnavailable
+from comfy_notebook.core.affinity import no_affinity_message
+from comfy_notebook.core.errors import ComfyError, NoAffinity, PromptLost, ServerUnavailable
 from comfy_notebook.core.failover import overdue
 from comfy_notebook.engine.connection import Flight, ServerConnection
 from comfy_notebook.engine.runtime import Runtime
 from comfy_notebook.engine.task import QUEUED, RUNNING, WAITING
 
 log = logging.getLogger(__name__)
+
+#: The silence check's limit on a URL known to be a balancer without affinity.
+BROKEN_SILENCE = 2.0
 
 
 class Recovery:
@@ -96,6 +100,19 @@ class Recovery:
                     continue
                 if entry is not None:
                     flight.done.set_result(entry)
+                elif flight.backends != conn.affinity.backend_changes:
+                    self.lose(
+                        flight,
+                        conn.server,
+                        f"prompt {pid} is lost: the balancer at {conn.server} sent us to another backend (its "
+                        "cookie changed), and the new one does not know it",
+                        "was replaced by another backend behind its balancer",
+                    )
+                elif flight.generation == conn.generation:  # our socket never dropped: no restart
+                    sign = conn.affinity.vanished(pid)
+                    flight.done.set_exception(
+                        NoAffinity(no_affinity_message(conn.server, sign), server=conn.server, prompt_id=pid)
+                    )
                 else:
                     message = (
                         f"prompt {pid} is lost: {conn.server} has neither a history entry nor a queue item for it "
@@ -129,7 +146,9 @@ class Recovery:
                 continue
             live = rt.live_flights(conn)
             self.watchdog(conn, live, now)
-            silent = [f for f in live if now - f.last_heard > options.silence_check]
+            # Through a balancer without affinity our socket hears nothing of most prompts: ask sooner.
+            silence = min(options.silence_check, BROKEN_SILENCE) if conn.affinity.broken else options.silence_check
+            silent = [f for f in live if now - f.last_heard > silence]
             # Positions for prompts with events (a cell shows them); quiet ones are harvested, never polled.
             waiting = [f for f in live if f.task.status == QUEUED and not f.quiet]
             poll_queue = (

@@ -89,6 +89,8 @@ class Runtime:
         conn = self.connections.get(spec.url)
         if conn is None:
             conn = ServerConnection(spec, self.options.socket, self._on_event, self._on_socket)
+            if not self.options.affinity_key:
+                conn.affinity.key = None
             self.connections[spec.url] = conn
         return conn
 
