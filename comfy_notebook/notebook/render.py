@@ -67,6 +67,20 @@ def _health(entry: Mapping[str, Any]) -> str:
     return f"down (retry in {cooldown:.0f} s)" if cooldown else "down"
 
 
+def _affinity(entry: Mapping[str, Any]) -> str:
+    """How our calls stay on one backend behind a balancer (and how often it moved us)."""
+    mode = entry.get("affinity")
+    if not mode:
+        return ""
+    text = "NONE: a balancer without affinity" if mode == "broken" else str(mode)
+    changes = entry.get("backend_changes") or 0
+    return f"{text}, moved {changes}x" if changes else text
+
+
+def _error(entry: Mapping[str, Any]) -> str:
+    return scrub(str(entry.get("affinity_error") or entry.get("last_error") or ""))
+
+
 def _locked_line(status: Mapping[str, Any]) -> str:
     locked = status.get("locked_server")
     return f"locked: {public_url(locked)}" if locked else "locked: none"
@@ -134,10 +148,11 @@ def status_text(status: Mapping[str, Any]) -> str:
     for entry in servers:
         mark = "*" if entry.get("locked") else " "
         counts = "  ".join(f"{title} {entry.get(key) or 0}" for key, title, _ in columns)
-        error = f"  last error: {scrub(str(entry['last_error']))}" if entry.get("last_error") else ""
+        error = f"  last error: {_error(entry)}" if _error(entry) else ""
+        affinity = f"  affinity: {_affinity(entry)}" if _affinity(entry) else ""
         lines.append(
             f" {mark}{public_url(entry.get('url'))}  {_health(entry)}  {counts}  "
-            f"{entry.get('connection_state', '?')}{error}"
+            f"{entry.get('connection_state', '?')}{affinity}{error}"
         )
     return "\n".join(lines)
 
@@ -163,6 +178,7 @@ def status_html(status: Mapping[str, Any]) -> str:
         ("health", ""),
         *((t, tip) for _, t, tip in columns),
         ("connection", ""),
+        ("affinity", "behind a balancer: how our calls reach one backend (cookie or key), and backend moves"),
         ("last error", ""),
     ]
     head = "".join(f'<th title="{esc(tip)}">{esc(t)}</th>' if tip else f"<th>{esc(t)}</th>" for t, tip in titles)
@@ -174,7 +190,8 @@ def status_html(status: Mapping[str, Any]) -> str:
             _health(entry),
             *(entry.get(key) or 0 for key, _, _ in columns),
             entry.get("connection_state", "?"),
-            scrub(str(entry.get("last_error") or "")),
+            _affinity(entry),
+            _error(entry),
         )
         css = "comfy-server-row comfy-server-locked" if locked else "comfy-server-row"
         rows.append(f'<tr class="{css}">' + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")

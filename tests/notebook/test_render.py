@@ -105,7 +105,7 @@ def test_status_html_in_pool_mode_shows_the_mode_the_waiting_prompts_and_per_ser
     first, second = server_rows(html)
     assert first == {
         "server": A, "health": "ok", "queue": "3", "running": "1", "queued": "1", "done": "7", "failed": "2",
-        "retried": "0", "connection": "OPEN", "last error": "",
+        "retried": "0", "connection": "OPEN", "affinity": "", "last error": "",
     }  # fmt: skip
     assert second["retried"] == "1" and second["health"] == "down (retry in 4 s)"
     assert 'title="our prompts running there now"' in html  # the columns explain themselves on hover
@@ -314,3 +314,18 @@ def test_unreachable_server_is_named() -> None:
 def test_workflow_error_keeps_its_line_and_column_message() -> None:
     error = WorkflowError("cell is not valid JSON: Expecting ',' delimiter at line 3, column 5", line=3, column=5)
     assert render.error_lines(error) == [f"WorkflowError: {error.message}"]
+
+
+def test_the_affinity_behind_a_balancer_is_shown_with_its_backend_moves_and_its_error() -> None:
+    status = {
+        "servers": [
+            {"url": A, "affinity": "cookie", "backend_changes": 2, "connection_state": "OPEN"},
+            {"url": "http://lb:1", "affinity": "broken", "affinity_error": "http://lb:1 is a load balancer without"},
+        ]
+    }
+    text = render.status_text(status)
+    assert "affinity: cookie, moved 2x" in text
+    assert "affinity: NONE: a balancer without affinity  last error: http://lb:1 is a load balancer" in text
+    rows = server_rows(render.status_html(status))
+    assert [r["affinity"] for r in rows] == ["cookie, moved 2x", "NONE: a balancer without affinity"]
+    assert rows[1]["last error"].startswith("http://lb:1 is a load balancer without")
