@@ -88,7 +88,7 @@ class Recovery:
             for flight in flights:
                 pid = flight.prompt_id
                 flight.last_heard = time.monotonic()
-                if flight.done.done():
+                if flight.done.done() or flight.stealing:  # being taken back: its absence is ours
                     continue
                 position = wire.queue_position(queue, pid)
                 if position is not None:
@@ -96,7 +96,7 @@ class Recovery:
                         flight.task._update(queue_position=position)  # 0: next in line
                     continue
                 entry = await api.history(conn, pid, timeout=self.rt.options.http.probe_timeout)
-                if flight.done.done():
+                if flight.done.done() or flight.stealing:
                     continue
                 if entry is not None:
                     flight.done.set_result(entry)

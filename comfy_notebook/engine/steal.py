@@ -11,6 +11,7 @@ started meanwhile stays and finishes where it is. Nothing can run twice and noth
 from __future__ import annotations
 
 import logging
+import time
 
 from comfy_notebook.core import protocol as wire
 from comfy_notebook.core.errors import ComfyError, Moved
@@ -21,6 +22,9 @@ from comfy_notebook.engine.task import RUNNING
 
 log = logging.getLogger(__name__)
 
+#: Shortest time between two looks for prompts to take back (the monitor pumps every ``monitor_interval``).
+CONSIDER_GAP = 0.02
+
 
 class Stealer:
     """Finds queued prompts to move when a server is idle, and moves them."""
@@ -28,11 +32,20 @@ class Stealer:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.under_way: dict[str, str] = {}  # prompt id -> the idle server it is being taken for
+        self._last = 0.0
 
     def consider(self) -> None:
         """Called whenever room may have appeared and nothing waits: start the moves the scheduler picks."""
         rt = self.rt
-        if rt.waiting or not any(rt.scheduler.idle(r) for r in rt.pool.records.values()):
+        if rt.waiting:
+            return
+        # At most every CONSIDER_GAP: pumps come with every event, and a scan is O(servers + prompts) (at 64
+        # servers, scanning on each one cost more CPU per prompt than everything else the engine does).
+        now = time.monotonic()
+        if now - self._last < CONSIDER_GAP:
+            return
+        self._last = now
+        if not any(rt.scheduler.idle(r) for r in rt.pool.records.values()):
             return
         flights = {}
         queued = []
