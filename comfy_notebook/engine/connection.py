@@ -187,15 +187,15 @@ class ServerConnection:
             self.generation += 1
             self.affinity.reconnected()
             if ws.response is not None:
-                self.saw_cookies(ws.response.headers.get_all("Set-Cookie"))
+                self.saw_cookies(ws.response.headers.get_all("Set-Cookie"), on_socket=True)
             self._reader = asyncio.create_task(self._read(ws), name=f"comfy-reader {self.server}")
             self._on_state(self, "open", None, "")
 
-    def saw_cookies(self, set_cookies: list[str]) -> None:
+    def saw_cookies(self, set_cookies: list[str], *, on_socket: bool = False) -> None:
         """Cookies of any answer from this URL (the socket's 101 or HTTP): kept for every call after it; a cookie
-        that changed means a balancer sent us to another backend."""
+        that changed means a balancer sent us to another backend (``on_socket``: the new socket is already there)."""
         if set_cookies and self.affinity.absorb(set_cookies):
-            self._on_state(self, "backend", None, "")
+            self._on_state(self, "backend", None, "socket" if on_socket else "http")
 
     async def _read(self, ws: ClientConnection) -> None:
         code: int | None = None

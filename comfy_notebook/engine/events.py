@@ -84,7 +84,7 @@ class Events:
                 "sent again",
                 server,
             )
-            if conn.is_open:  # the socket may still reach the old backend: reopen it with the new cookie
+            if detail == "http" and conn.is_open:  # the socket may still reach the old one: reopen it with the cookie
                 rt.spawn(conn.close(1000), f"moving the socket of {server} to its new backend")
         elif what == "closing":
             rt.lock.closing(server)

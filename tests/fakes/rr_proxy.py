@@ -54,10 +54,15 @@ def _abort_client_ws(ws: aiohttp.ClientWebSocketResponse) -> None:
 
 
 class RoundRobinProxy(ThreadedAiohttpServer):
-    """Reverse proxy on 127.0.0.1 sending each request / WebSocket to the next of `upstreams`."""
+    """Reverse proxy on 127.0.0.1 sending each request / WebSocket to the next of `upstreams`.
 
-    def __init__(self, upstreams: list[str], port: int = 0) -> None:
+    ``sticky``: a cookie name, for HAProxy's ``cookie NAME insert indirect`` with ``option redispatch``: a request
+    or handshake carrying ``NAME=s<i>`` goes to upstream i; one without it (or whose upstream refuses the
+    connection) goes to the next in turn and its answer (the 101 included) sets ``NAME=s<i>``."""
+
+    def __init__(self, upstreams: list[str], port: int = 0, *, sticky: str | None = None) -> None:
         super().__init__(port)
+        self.sticky = sticky
         if not upstreams:
             raise ValueError("need at least one upstream")
         self.upstreams = [u.rstrip("/") for u in upstreams]
@@ -87,18 +92,33 @@ class RoundRobinProxy(ThreadedAiohttpServer):
         if self._session is not None:
             await self._session.close()
 
-    def _pick(self, kind: str, request: web.Request) -> str:
-        upstream = self.upstreams[self._next % len(self.upstreams)]
-        self._next += 1
+    def _pick(self, kind: str, request: web.Request, *, skip: str | None = None) -> tuple[str, str | None]:
+        """The upstream, and the cookie to set (sticky mode, when the request did not name a usable one)."""
+        named = request.cookies.get(self.sticky, "") if self.sticky else ""
+        index = int(named[1:]) if named[1:].isdigit() and int(named[1:]) < len(self.upstreams) else None
+        set_cookie = None
+        if index is None or self.upstreams[index] == skip:
+            index = self._next % len(self.upstreams)
+            self._next += 1
+            if self.upstreams[index] == skip:
+                index = self._next % len(self.upstreams)
+                self._next += 1
+            set_cookie = f"{self.sticky}=s{index}; path=/" if self.sticky else None
+        upstream = self.upstreams[index]
         self.routed.append((upstream, kind, f"{request.method} {request.path_qs}"))
-        return upstream
+        return upstream, set_cookie
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await self._bridge(request, self._pick("ws", request))
-        return await self._forward(request, self._pick("http", request))
+        kind = "ws" if request.headers.get("Upgrade", "").lower() == "websocket" else "http"
+        upstream, set_cookie = self._pick(kind, request)
+        relay = self._bridge if kind == "ws" else self._forward
+        response = await relay(request, upstream, set_cookie)
+        if response.status == 502 and self.sticky:  # option redispatch: another upstream, a new cookie
+            upstream, set_cookie = self._pick(kind, request, skip=upstream)
+            response = await relay(request, upstream, set_cookie)
+        return response
 
-    async def _forward(self, request: web.Request, upstream: str) -> web.Response:
+    async def _forward(self, request: web.Request, upstream: str, set_cookie: str | None = None) -> web.Response:
         assert self._session is not None
         body = await request.read()
         try:
@@ -110,13 +130,18 @@ class RoundRobinProxy(ThreadedAiohttpServer):
                 allow_redirects=False,
             ) as resp:
                 payload = await resp.read()
-                return web.Response(status=resp.status, body=payload, headers=_filtered(resp.headers, _HOP))
+                headers = _filtered(resp.headers, _HOP)
+                if set_cookie:
+                    headers.add("Set-Cookie", set_cookie)
+                return web.Response(status=resp.status, body=payload, headers=headers)
         except TimeoutError:
             return web.Response(status=504, text="504 Gateway Time-out")
         except aiohttp.ClientError:
             return web.Response(status=502, text="502 Bad Gateway")
 
-    async def _bridge(self, request: web.Request, upstream: str) -> web.StreamResponse:
+    async def _bridge(
+        self, request: web.Request, upstream: str, set_cookie: str | None = None
+    ) -> web.StreamResponse:
         assert self._session is not None
         try:
             up = await self._session.ws_connect(
@@ -132,6 +157,8 @@ class RoundRobinProxy(ThreadedAiohttpServer):
         except (aiohttp.ClientError, TimeoutError):
             return web.Response(status=502, text="502 Bad Gateway")
         down = web.WebSocketResponse(autoping=False, autoclose=False, max_msg_size=0, timeout=2.0)
+        if set_cookie:
+            down.headers.add("Set-Cookie", set_cookie)  # on the 101, as HAProxy's cookie insert does
         await down.prepare(request)
         bridge = (request.transport, up)
         self._bridges.add(bridge)
