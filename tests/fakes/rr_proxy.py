@@ -139,9 +139,7 @@ class RoundRobinProxy(ThreadedAiohttpServer):
         except aiohttp.ClientError:
             return web.Response(status=502, text="502 Bad Gateway")
 
-    async def _bridge(
-        self, request: web.Request, upstream: str, set_cookie: str | None = None
-    ) -> web.StreamResponse:
+    async def _bridge(self, request: web.Request, upstream: str, set_cookie: str | None = None) -> web.StreamResponse:
         assert self._session is not None
         try:
             up = await self._session.ws_connect(
