@@ -92,6 +92,11 @@ class Affinity:
             self.highest, self.regressions = None, 0  # the new backend numbers its prompts from its own count
         return changed
 
+    def forget(self) -> None:
+        """Start over (a manual reset): no verdict, no cookies, no numbers; the key stays."""
+        self.cookies.clear()
+        self.broken, self.highest, self.regressions = None, None, 0
+
     def reconnected(self) -> None:
         """A new socket: the server may have restarted, so queue numbers start over."""
         self.highest = None

@@ -39,6 +39,9 @@ async def collect(
     """The result of ``flight`` on ``conn``; raises the prompt's error (execution, interrupt) with the partial
     result attached."""
     task, prompt_id = flight.task, flight.prompt_id
+    if conn.affinity.broken:  # its history and files may come from any backend: nothing read through it is proof
+        message = no_affinity_message(conn.server, conn.affinity.broken)
+        raise NoAffinity(message, server=conn.server, prompt_id=prompt_id)
     for i, delay in enumerate(retry_delays):  # transient failures and the history-write race get a few tries
         if entry is not None:
             break

@@ -122,6 +122,8 @@ class Control:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(work, rt.options.reset_timeout)
         rt.lock.reset()  # a close that raced the reset must not leave a lock behind
+        for conn in rt.connections.values():  # the user fixed the balancer, or knows better: look afresh
+            conn.affinity.forget()
         return self.status()
 
     # -- status -------------------------------------------------------------------------------------------------------

@@ -289,8 +289,7 @@ class Dispatcher:
         task, prompt_id = flight.task, flight.prompt_id
         client_id = conn.quiet_id if flight.quiet else conn.client_id
         body = wire.prompt_body(task.workflow, client_id=client_id, prompt_id=prompt_id)
-        seen = conn.affinity.highest
-        status, content = await self.rt.api.post_prompt(conn, body)
+        status, content, seen = await self.rt.api.post_prompt(conn, body)
         if status == 0 or status >= 500:
             # We minted the id, so we can ask whether the prompt landed before calling it failed.
             if await self.rt.api.landed(conn, prompt_id):

@@ -112,14 +112,17 @@ class ComfyHTTP:
         self._transports.clear()
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
-    async def post_prompt(self, conn: ServerConnection, body: dict[str, Any]) -> tuple[int, bytes]:
-        """``POST /prompt``; a transport failure is status 0 with the (redacted) reason as the body.
+    async def post_prompt(self, conn: ServerConnection, body: dict[str, Any]) -> tuple[int, bytes, int | None]:
+        """``POST /prompt``: status, body, and the highest queue number the URL had given us when the request went
+        out (see ``Affinity.posted``); a transport failure is status 0 with the (redacted) reason as the body.
 
         The one request made per prompt goes straight to our transport: httpx's client layer (URL parsing,
         redirects, auth, cookies merging) was a tenth of the client's CPU per prompt at 64 servers and does
         nothing for this request. A server reached through a proxy keeps the client's full path."""
+        seen = None
         try:
             async with conn.http_slots:
+                seen = conn.affinity.highest  # read now, not before waiting for a slot: answers came meanwhile
                 client = self._client(conn)
                 transport = self._transports.get(conn.server)
                 if transport is None:
@@ -139,9 +142,9 @@ class ComfyHTTP:
                     response = await transport.handle_async_request(request)
                     await response.aread()
         except httpx.TransportError as exc:
-            return 0, conn.redact(describe(exc)).encode()
+            return 0, conn.redact(describe(exc)).encode(), seen
         conn.saw_cookies(response.headers.get_list("set-cookie"))
-        return response.status_code, response.content
+        return response.status_code, response.content, seen
 
     async def get(
         self,

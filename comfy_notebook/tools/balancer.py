@@ -7,7 +7,7 @@ pid we started. Every mode adds ``X-Backend: HOST:PORT`` to each answer, the 101
 sees spreading and stickiness without asking the servers (:func:`backend_of`). Modes, by the affinity they give:
 
 - ``cookie``: HAProxy round robin + ``cookie SRV insert indirect nocache`` (sending the cookie back sticks; a dead
-  backend is noticed by 0.5 s health checks, and ``option redispatch`` moves its clients, with a new cookie);
+  backend is noticed by 1 s health checks, and ``option redispatch`` moves its clients, with a new cookie);
 - ``url_param`` / ``header``: HAProxy consistent hashing on the ``clientId`` query parameter / ``X-Comfy-Affinity``;
 - ``roundrobin``: HAProxy round robin per request, no affinity (the setup that loses results);
 - ``hash``: nginx ``hash $arg_clientId consistent`` with WebSocket proxying.
@@ -51,7 +51,9 @@ _HAPROXY_BALANCE: dict[str, str] = {
 }
 
 # Long client/server/tunnel timeouts: a ComfyUI socket is quiet between prompts and a prompt may run for minutes.
-# Fast checks (every 0.5 s, down after 2 failures) so a killed backend is noticed within about a second.
+# Checks every second, down after 3 failures, each allowed 5 s: a killed backend refuses at once and is down in
+# about 3 s (redispatch covers the requests meanwhile), while a busy one stalled by ComfyUI's garbage collection
+# (a second or more on a loaded machine) is not taken out; 0.5 s checks with the default check timeout flapped.
 _HAPROXY_TEMPLATE = """\
 global
     maxconn 4096
@@ -66,6 +68,7 @@ defaults
     timeout server 10m
     timeout tunnel 1h
     timeout http-request 30s
+    timeout check 5s
     retries 2
     option redispatch
 
@@ -161,7 +164,7 @@ def render_config(
         )  # fmt: skip
     if mode not in _HAPROXY_BALANCE:
         raise ValueError(f"unknown balancer mode {mode!r}; one of {', '.join(MODES)}")
-    check = " check inter 500ms fall 2 rise 1" if checks else ""
+    check = " check inter 1s fall 3 rise 2" if checks else ""
     cookie = " cookie s{}" if mode == "cookie" else ""
     servers = "\n".join(f"    server s{i} {a}{check}{cookie.format(i)}" for i, a in enumerate(addrs))
     return _HAPROXY_TEMPLATE.format(

@@ -194,9 +194,12 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 # -- the browser --------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Debian chromium through Playwright (no `playwright install`: browsers cannot be downloaded here)."""
+    """Headless Debian chromium through Playwright (no `playwright install`: browsers cannot be downloaded here).
+
+    Module scope, not session: Playwright's sync API keeps an asyncio loop running in the main thread while it is
+    open, and every later test that starts a loop there (``asyncio.run``) would fail."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: run scripts/ensure-chromium.sh (as root) first")
     from playwright.sync_api import sync_playwright

@@ -91,3 +91,11 @@ def test_a_vanished_prompt_marks_the_url_and_the_message_says_how_to_fix_it() ->
     assert "load balancer without session affinity" in message
     assert "cookie" in message and "clientId" in message and "individually" in message
     assert "restart" not in message
+
+
+def test_forget_starts_over_but_keeps_the_key() -> None:
+    a = Affinity(key="k")
+    a.absorb(["SRV=s1"])
+    a.vanished("p")
+    a.forget()
+    assert a.mode == KEY and a.cookies == {} and a.broken is None and a.highest is None

@@ -3,6 +3,7 @@ or fails with the clear no-affinity error; none is reported as a restart, none h
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 
@@ -104,5 +105,19 @@ def test_when_the_cookies_backend_dies_the_balancer_moves_us_and_nothing_is_lost
         assert moved and all("another backend" in (a.reason or "") for a in moved)
         (server,) = eng.get_status()["servers"]
         assert server["backend_changes"] == 1 and server["affinity"] == "cookie"
+    finally:
+        eng.close()
+
+
+def test_a_reset_clears_the_verdict(proxy: RoundRobinProxy, fake: FakeComfy) -> None:
+    eng = Engine([proxy.url], FAST)
+    try:
+        tasks = [eng.submit(workflow(i, steps=1)) for i in range(6)]
+        for t in tasks:
+            with contextlib.suppress(ComfyError):  # each ends, one way or the other
+                t.result(20)
+        assert eng.get_status()["servers"][0]["affinity"] == "broken"
+        (server,) = eng.reset()["servers"]
+        assert server["affinity"] == "key" and server["affinity_error"] is None
     finally:
         eng.close()

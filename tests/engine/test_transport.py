@@ -7,6 +7,7 @@ steered without threads or sleeps.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import socket
@@ -28,7 +29,9 @@ from comfy_notebook.engine.transport import HIGH_WATER, LoopTransport, tls_conte
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 30))
+    """Run ``coro`` on a fresh loop in a thread of its own: the main thread may hold another running loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, asyncio.wait_for(coro, 30)).result()
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
