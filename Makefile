@@ -2,7 +2,8 @@
 #   make demo   - a local pool of two real ComfyUI servers, the quickstart, then the pool is stopped
 #   make test   - every test tier (unit, fake-server faults, real ComfyUI servers and balancers), provisioning it all
 #   make check  - the fast tier: lint, types, unit and fake-server tests (under a minute; 4 workers: they mostly wait)
-#   make bench  - latency and throughput against the floor; pool makespan and failover on 4 real servers; 64 simulated
+#   make bench  - latency and throughput vs the floor; pool makespan and failover on 4 real servers; 64 simulated;
+#                 latency through real load balancers vs direct
 #   make lab    - JupyterLab on notebooks/ with a local pool of two real ComfyUI servers; Ctrl-C stops both
 PY      ?= python3
 VENV    := .venv
@@ -49,10 +50,11 @@ check: lint typecheck
 test: lint typecheck env chromium balancers
 	$(PYTEST) -q
 
-bench: env
+bench: env balancers
 	$(BIN)/python bench/run.py --json out/bench.json
 	$(BIN)/python bench/pool.py --json out/bench-pool.json
 	$(BIN)/python bench/pool_sim.py --json out/bench-sim.json
+	$(BIN)/python bench/balancer.py --json out/bench-balancer.json
 
 demo: env
 	$(BIN)/python examples/run_demo.py

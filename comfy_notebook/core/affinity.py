@@ -108,15 +108,19 @@ class Affinity:
             return False
         if seen_before is not None and number <= seen_before:
             self.regressions += 1
-            if self.regressions >= REGRESSIONS and self.broken is None:
-                self.broken = f"queue numbers went back: {number} after {seen_before}"
-                return True
+            if self.regressions >= REGRESSIONS:
+                return self.mark_broken(f"queue numbers went back: {number} after {seen_before}")
         self.highest = number if self.highest is None else max(self.highest, number)
         return False
 
-    def vanished(self, prompt_id: str) -> str:
+    def mark_broken(self, sign: str) -> bool:
+        """Record the first proof that the URL is several backends; True the first time (say it once)."""
+        if self.broken is not None:
+            return False
+        self.broken = sign
+        return True
+
+    def vanished(self, prompt_id: str) -> bool:
         """A prompt it accepted is unknown to it while our socket never dropped: no single ComfyUI does that (short
-        of another client deleting it). Returns the message for the error."""
-        if self.broken is None:
-            self.broken = f"prompt {prompt_id} it accepted was unknown to it a moment later"
-        return self.broken
+        of another client deleting it). True when this is the first proof."""
+        return self.mark_broken(f"prompt {prompt_id} it accepted was unknown to it a moment later")

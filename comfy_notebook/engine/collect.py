@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 
 from comfy_notebook.core import protocol as wire
@@ -20,6 +21,8 @@ from comfy_notebook.core.errors import (
 from comfy_notebook.engine.connection import Flight, ServerConnection
 from comfy_notebook.engine.http import ComfyHTTP, HttpOptions, fetch_files
 from comfy_notebook.engine.task import Result
+
+log = logging.getLogger(__name__)
 
 
 def is_plain_name(filename: str) -> bool:
@@ -86,9 +89,10 @@ async def collect(
     if unserved and conn.generation == flight.generation:
         # A file its own history lists, with a plain name, and the socket never dropped: a single ComfyUI serves
         # it, so this URL is several backends. A result with files missing is never a success.
-        sign = conn.affinity.broken or f"it did not serve {unserved[0]!r}, an output its history lists"
-        conn.affinity.broken = sign
-        raise NoAffinity(no_affinity_message(conn.server, sign), server=conn.server, prompt_id=prompt_id)
+        if conn.affinity.mark_broken(f"it did not serve {unserved[0]!r}, an output its history lists"):
+            log.warning("%s", no_affinity_message(conn.server, conn.affinity.broken or ""))
+        message = no_affinity_message(conn.server, conn.affinity.broken or "")
+        raise NoAffinity(message, server=conn.server, prompt_id=prompt_id)
     result = Result(
         prompt_id,
         conn.server,

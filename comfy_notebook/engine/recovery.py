@@ -109,10 +109,10 @@ class Recovery:
                         "was replaced by another backend behind its balancer",
                     )
                 elif flight.generation == conn.generation:  # our socket never dropped: no restart
-                    sign = conn.affinity.vanished(pid)
-                    flight.done.set_exception(
-                        NoAffinity(no_affinity_message(conn.server, sign), server=conn.server, prompt_id=pid)
-                    )
+                    if conn.affinity.vanished(pid):
+                        log.warning("%s", no_affinity_message(conn.server, conn.affinity.broken or ""))
+                    message = no_affinity_message(conn.server, conn.affinity.broken or "")
+                    flight.done.set_exception(NoAffinity(message, server=conn.server, prompt_id=pid))
                 else:
                     message = (
                         f"prompt {pid} is lost: {conn.server} has neither a history entry nor a queue item for it "

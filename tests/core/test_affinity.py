@@ -85,9 +85,10 @@ def test_a_restart_seen_by_the_socket_starts_the_numbers_over() -> None:
 
 def test_a_vanished_prompt_marks_the_url_and_the_message_says_how_to_fix_it() -> None:
     a = Affinity(key="k")
-    sign = a.vanished("p1")
-    assert a.mode == BROKEN and "p1" in sign
-    message = no_affinity_message("http://lb:8080", sign)
+    assert a.vanished("p1") is True
+    assert a.vanished("p2") is False  # said once: the first proof stays
+    assert a.mode == BROKEN and "p1" in (a.broken or "")
+    message = no_affinity_message("http://lb:8080", a.broken or "")
     assert "load balancer without session affinity" in message
     assert "cookie" in message and "clientId" in message and "individually" in message
     assert "restart" not in message

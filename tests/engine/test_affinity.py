@@ -22,7 +22,9 @@ def proxy(fake: FakeComfy, fake2: FakeComfy) -> Iterator[RoundRobinProxy]:
         yield rr
 
 
-def test_round_robin_without_affinity_fails_clearly_and_loses_nothing(proxy: RoundRobinProxy) -> None:
+def test_round_robin_without_affinity_fails_clearly_and_loses_nothing(
+    proxy: RoundRobinProxy, caplog: pytest.LogCaptureFixture
+) -> None:
     eng = Engine([proxy.url], dataclasses.replace(FAST, retries=2))
     try:
         tasks = [eng.submit(workflow(i, steps=2, step_delay=0.05)) for i in range(8)]
@@ -42,6 +44,8 @@ def test_round_robin_without_affinity_fails_clearly_and_loses_nothing(proxy: Rou
         (server,) = eng.get_status()["servers"]
         assert server["affinity"] == "broken"
         assert "individually" in server["affinity_error"]
+        said = [r for r in caplog.records if "load balancer without session affinity" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelname == "WARNING"  # in the log once, not once per prompt
     finally:
         eng.close()
 
