@@ -120,9 +120,11 @@ class Dispatcher:
         job = Job(task.key, models=model_files(task.workflow), avoid=frozenset(avoid), seq=seq)
         waiting = Waiting(task, job, asyncio.get_running_loop().create_future(), quiet)
         rt.waiting[task.key] = waiting
+        alone = len(rt.scheduler) == 0
         rt.scheduler.add(job)
         task._update(status=WAITING, server=None, queue_position=len(rt.scheduler) - 1)
-        self.pump()
+        if alone:  # with others waiting, no server has room (every pump binds until one side runs out)
+            self.pump()
         try:
             return await waiting.bound, job.seq
         except asyncio.CancelledError:
