@@ -24,6 +24,9 @@ AFFINITY_PARAM = "clientId"
 COOKIE, KEY, OFF, BROKEN = "cookie", "key", "off", "broken"
 #: Queue numbers out of order before we call the URL several backends: a restart noticed late gives one.
 REGRESSIONS = 2
+#: Prompts (or outputs) that vanished while our socket stayed open, before the URL is called several backends:
+#: one can be another client clearing the queue, and the verdict fails every later prompt until a reset.
+VANISHED = 2
 
 FIX = (
     "enable session affinity on the balancer (cookie stickiness, e.g. HAProxy 'cookie SRV insert', or a hash on "
@@ -49,6 +52,7 @@ class Affinity:
     broken: str | None = None  # why we know the URL is several backends without affinity
     highest: int | None = None  # the highest queue number a POST got on the current socket
     regressions: int = 0
+    vanishings: int = 0
 
     @property
     def mode(self) -> str:
@@ -95,7 +99,7 @@ class Affinity:
     def forget(self) -> None:
         """Start over (a manual reset): no verdict, no cookies, no numbers; the key stays."""
         self.cookies.clear()
-        self.broken, self.highest, self.regressions = None, None, 0
+        self.broken, self.highest, self.regressions, self.vanishings = None, None, 0, 0
 
     def reconnected(self) -> None:
         """A new socket: the server may have restarted, so queue numbers start over."""
@@ -120,7 +124,15 @@ class Affinity:
         self.broken = sign
         return True
 
-    def vanished(self, prompt_id: str) -> bool:
-        """A prompt it accepted is unknown to it while our socket never dropped: no single ComfyUI does that (short
-        of another client deleting it). True when this is the first proof."""
-        return self.mark_broken(f"prompt {prompt_id} it accepted was unknown to it a moment later")
+    def vanished(self, what: str) -> bool:
+        """Something it gave us is gone while our socket never dropped (a prompt it accepted, an output its history
+        lists): no single ComfyUI does that, short of another client deleting it. The URL is proven several
+        backends at the second such sign, or after a queue number went back; True when that happens now."""
+        self.vanishings += 1
+        if self.vanishings >= VANISHED or self.regressions:
+            return self.mark_broken(what)
+        return False
+
+    def suspicion(self, what: str) -> str:
+        """The sign to put in an error: the proof once there is one, else this first, hedged sign."""
+        return self.broken or f"{what}, unless another client deleted it"

@@ -89,9 +89,10 @@ async def collect(
     if unserved and conn.generation == flight.generation:
         # A file its own history lists, with a plain name, and the socket never dropped: a single ComfyUI serves
         # it, so this URL is several backends. A result with files missing is never a success.
-        if conn.affinity.mark_broken(f"it did not serve {unserved[0]!r}, an output its history lists"):
+        what = f"it did not serve {unserved[0]!r}, an output its history lists"
+        if conn.affinity.vanished(what):
             log.warning("%s", no_affinity_message(conn.server, conn.affinity.broken or ""))
-        message = no_affinity_message(conn.server, conn.affinity.broken or "")
+        message = no_affinity_message(conn.server, conn.affinity.suspicion(what))
         raise NoAffinity(message, server=conn.server, prompt_id=prompt_id)
     result = Result(
         prompt_id,

@@ -109,9 +109,10 @@ class Recovery:
                         "was replaced by another backend behind its balancer",
                     )
                 elif flight.generation == conn.generation:  # our socket never dropped: no restart
-                    if conn.affinity.vanished(pid):
+                    what = f"prompt {pid} it accepted was unknown to it a moment later"
+                    if conn.affinity.vanished(what):
                         log.warning("%s", no_affinity_message(conn.server, conn.affinity.broken or ""))
-                    message = no_affinity_message(conn.server, conn.affinity.broken or "")
+                    message = no_affinity_message(conn.server, conn.affinity.suspicion(what))
                     flight.done.set_exception(NoAffinity(message, server=conn.server, prompt_id=pid))
                 else:
                     message = (

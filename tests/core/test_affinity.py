@@ -83,14 +83,20 @@ def test_a_restart_seen_by_the_socket_starts_the_numbers_over() -> None:
     assert a.regressions == 0
 
 
-def test_a_vanished_prompt_marks_the_url_and_the_message_says_how_to_fix_it() -> None:
+def test_one_vanished_prompt_is_a_hedged_suspicion_two_are_a_verdict() -> None:
     a = Affinity(key="k")
-    assert a.vanished("p1") is True
-    assert a.vanished("p2") is False  # said once: the first proof stays
-    assert a.mode == BROKEN and "p1" in (a.broken or "")
+    assert a.vanished("prompt p1 vanished") is False  # maybe another client cleared the queue
+    assert a.mode == KEY and "unless another client deleted it" in a.suspicion("prompt p1 vanished")
+    assert a.vanished("prompt p2 vanished") is True
+    assert a.vanished("prompt p3 vanished") is False  # said once: the first proof stays
+    assert a.mode == BROKEN and a.broken == "prompt p2 vanished" and a.suspicion("x") == a.broken
     message = no_affinity_message("http://lb:8080", a.broken or "")
     assert "load balancer without session affinity" in message
     assert "cookie" in message and "clientId" in message and "individually" in message
+    b = Affinity()
+    b.posted(9, None)
+    b.posted(3, 9)  # one number out of order, then one vanished prompt: proof enough
+    assert b.vanished("gone") is True
     assert "restart" not in message
 
 
@@ -98,5 +104,6 @@ def test_forget_starts_over_but_keeps_the_key() -> None:
     a = Affinity(key="k")
     a.absorb(["SRV=s1"])
     a.vanished("p")
+    a.vanished("q")
     a.forget()
     assert a.mode == KEY and a.cookies == {} and a.broken is None and a.highest is None

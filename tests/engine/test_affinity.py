@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from comfy_notebook.core.errors import ComfyError, NoAffinity
@@ -123,5 +124,22 @@ def test_a_reset_clears_the_verdict(proxy: RoundRobinProxy, fake: FakeComfy) -> 
         assert eng.get_status()["servers"][0]["affinity"] == "broken"
         (server,) = eng.reset()["servers"]
         assert server["affinity"] == "key" and server["affinity_error"] is None
+    finally:
+        eng.close()
+
+
+@pytest.mark.slow
+def test_a_prompt_another_client_deleted_is_a_hedged_error_and_the_url_stays_usable(fake: FakeComfy) -> None:
+    eng = Engine([fake.url], FAST)
+    try:
+        fake.hold()
+        task = eng.submit(workflow(1, steps=1))
+        wait_until(lambda: task.prompt_id in fake.pending_prompt_ids)
+        httpx.post(f"{fake.url}/queue", json={"clear": True}).raise_for_status()  # someone else clears the queue
+        fake.release()
+        with pytest.raises(NoAffinity, match="unless another client deleted it"):
+            task.result(20)  # found by the silence check, with the socket open all along
+        assert eng.run(workflow(2, steps=1), timeout=20).status == "success"  # one sign is no verdict
+        assert eng.get_status()["servers"][0]["affinity"] == "key"
     finally:
         eng.close()
