@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +20,18 @@ FAST = EngineOptions(
     silence_check=3.0,
     retries=0,  # the fault tests below check what one server's loss looks like; failover has its own tests
 )
+
+
+#: Pool mode with failover on, for the late-binding and take-back tests.
+POOL = dataclasses.replace(FAST, mode="pool", retries=2)
+
+
+@pytest.fixture
+def pool() -> Iterator[Engine]:
+    """A pool-mode engine with no servers yet (the test sets them)."""
+    eng = Engine((), POOL)
+    yield eng
+    eng.close()
 
 
 def workflow(tag: int = 0, *, steps: int = 2, step_delay: float = 0.0, output: str = "SaveImage") -> dict:

@@ -11,17 +11,8 @@ import pytest
 
 from comfy_notebook.core.errors import Cancelled, ConfigError, ServerUnavailable
 from comfy_notebook.engine.engine import Engine
-from tests.engine.conftest import FAST, workflow
+from tests.engine.conftest import POOL, workflow
 from tests.fakes.fake_comfy import FakeComfy, running_fake, wait_until
-
-POOL = dataclasses.replace(FAST, mode="pool", retries=2)
-
-
-@pytest.fixture
-def pool() -> Iterator[Engine]:
-    eng = Engine((), POOL)
-    yield eng
-    eng.close()
 
 
 @pytest.fixture

@@ -3,23 +3,9 @@ one, only when the server confirms it had not started, and never when the user p
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
-
-import pytest
-
 from comfy_notebook.engine.engine import Engine
 from tests.engine.conftest import FAST, workflow
 from tests.fakes.fake_comfy import FakeComfy
-
-POOL = dataclasses.replace(FAST, mode="pool", retries=2)
-
-
-@pytest.fixture
-def pool() -> Iterator[Engine]:
-    eng = Engine((), POOL)
-    yield eng
-    eng.close()
 
 
 def four_on_two(pool: Engine, fast: FakeComfy, stuck: FakeComfy) -> list:

@@ -38,6 +38,14 @@ def own_pool(tmp_path_factory: pytest.TempPathFactory, name: str, n: int) -> Ite
         yield pool
 
 
+def all_up(pool: LocalPool) -> list[str]:
+    """The pool's URLs, after restarting any server a test that failed halfway left down."""
+    for server in pool.status():
+        if not server.answering:
+            pool.restart(server.index)
+    return pool.urls
+
+
 @pytest.fixture(scope="session")
 def real_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPool]:
     """Three real ComfyUI servers shared by the session; tests use ``.urls``, ``.kill(i)``, ``.restart(i)``.

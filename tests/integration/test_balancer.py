@@ -33,7 +33,7 @@ from comfy_notebook.engine.http import HttpOptions
 from comfy_notebook.engine.task import RUNNING, Result, Task
 from comfy_notebook.tools.balancer import Balancer, Mode
 from comfy_notebook.tools.local_pool import LocalPool
-from tests.integration.conftest import own_pool
+from tests.integration.conftest import all_up, own_pool
 from tests.workflows import slow_workflow
 
 pytestmark = pytest.mark.timeout(600)  # the first real test of a fresh machine may build the environment
@@ -78,10 +78,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPool]:
 
 @pytest.fixture
 def backends(pool: LocalPool) -> list[str]:
-    for server in pool.status():  # a test that failed halfway may have left its killed server down
-        if not server.answering:
-            pool.restart(server.index)
-    return pool.urls
+    return all_up(pool)
 
 
 @contextmanager

@@ -39,7 +39,7 @@ from comfy_notebook.tools.balancer import (
 from comfy_notebook.tools.local_pool import LocalPool, find_free_base_port
 from tests.fakes.fake_comfy import wait_until
 from tests.integration.chaos import port_refused
-from tests.integration.conftest import own_pool
+from tests.integration.conftest import all_up, own_pool
 from tests.tools.test_local_pool import processes_in_group
 from tests.workflows import slow_workflow
 
@@ -152,10 +152,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPool]:
 
 @pytest.fixture
 def backends(pool: LocalPool) -> list[str]:
-    for server in pool.status():  # a test that failed halfway may have left its killed server down
-        if not server.answering:
-            pool.restart(server.index)
-    return pool.urls
+    return all_up(pool)
 
 
 @real
