@@ -4,6 +4,7 @@
     cn.set_servers(["http://127.0.0.1:8188", "http://127.0.0.1:8189"])
     result = cn.run(workflow)          # or: task = cn.submit(workflow); task.result()
     result.images, cn.get_status(), cn.reset()
+    cn.nodes("sampler"), cn.node("KSampler"), cn.models("checkpoints")   # what the servers can run
 
 In IPython/Jupyter: ``%load_ext comfy_notebook``, then ``%comfy`` and ``%%comfy``.
 """
@@ -12,6 +13,9 @@ from comfy_notebook.api import (
     get_engine,
     get_status,
     lock,
+    models,
+    node,
+    nodes,
     reset,
     run,
     set_mode,
@@ -33,7 +37,10 @@ from comfy_notebook.core.errors import (
     ValidationError,
     WorkflowError,
 )
+from comfy_notebook.core.listing import ModelListing, NodeListing
+from comfy_notebook.core.nodes import NodeInfo, NotFound
 from comfy_notebook.core.servers import ServerSpec
+from comfy_notebook.core.uploads import Upload, UploadError
 from comfy_notebook.core.workflow import load_workflow
 from comfy_notebook.engine.engine import Engine, EngineOptions
 from comfy_notebook.engine.http import HttpOptions
@@ -49,7 +56,11 @@ __all__ = [
     "EngineOptions",
     "ExecutionError",
     "HttpOptions",
+    "ModelListing",
     "NoAffinity",
+    "NodeInfo",
+    "NodeListing",
+    "NotFound",
     "PromptInterrupted",
     "PromptLost",
     "ProtocolError",
@@ -57,12 +68,17 @@ __all__ = [
     "ServerSpec",
     "ServerUnavailable",
     "Task",
+    "Upload",
+    "UploadError",
     "ValidationError",
     "WorkflowError",
     "get_engine",
     "get_status",
     "load_workflow",
     "lock",
+    "models",
+    "node",
+    "nodes",
     "reset",
     "run",
     "set_mode",

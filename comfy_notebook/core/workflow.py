@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from comfy_notebook.core.errors import WorkflowError
+from comfy_notebook.core.uploads import Upload, UploadError, as_upload, is_uploadable
 
 Workflow = dict[str, Any]
 
@@ -50,12 +51,56 @@ def load_workflow(source: Workflow | str | Path) -> Workflow:
 
 def _copy(source: Mapping[str, Any]) -> Workflow:
     """A deep copy through JSON: what the server will receive, checked now (a value JSON cannot carry is an
-    error here, not at the POST), and several times faster than ``copy.deepcopy`` (a bulk submit copies each)."""
+    error here, not at the POST), and several times faster than ``copy.deepcopy`` (a bulk submit copies each).
+    ``Upload`` inputs are carried over as they are (the engine uploads them once the prompt has a server)."""
+    uploads: list[Upload] = []
+
+    def keep(value: Any) -> Any:
+        if isinstance(value, Upload):
+            uploads.append(value)
+            return {_UPLOAD_SLOT: len(uploads) - 1}
+        hint = " (wrap local inputs in comfy_notebook.Upload(...))" if is_uploadable(value) else ""
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable{hint}")
+
     try:
-        copied: Workflow = json.loads(json.dumps(dict(source)))
+        copied: Workflow = json.loads(json.dumps(dict(source), default=keep))
     except (TypeError, ValueError) as exc:
         raise WorkflowError(f"the workflow holds a value that cannot be sent as JSON: {exc}") from None
+    if uploads:
+        placed = 0
+        for node in copied.values():
+            inputs = node.get("inputs") if isinstance(node, dict) else None
+            if not isinstance(inputs, dict):
+                continue
+            for name, value in inputs.items():
+                if isinstance(value, dict) and set(value) == {_UPLOAD_SLOT}:
+                    inputs[name] = uploads[value[_UPLOAD_SLOT]]
+                    placed += 1
+        if placed != len(uploads):
+            raise WorkflowError("an Upload must be the value of a node input (where a file name goes), not nested")
     return copied
+
+
+_UPLOAD_SLOT = "__comfy_notebook_upload__"
+
+
+def uploads_of(workflow: Workflow) -> dict[tuple[str, str], Upload]:
+    """The inputs of a workflow that are local objects to upload, by ``(node_id, input_name)``."""
+    found = {}
+    for node_id, node in workflow.items():
+        for name, value in node["inputs"].items():
+            if isinstance(value, Upload):
+                found[(node_id, name)] = value
+    return found
+
+
+def with_inputs(workflow: Workflow, values: Mapping[tuple[str, str], Any]) -> Workflow:
+    """A copy of ``workflow`` (shallow where nothing changes) with the given inputs replaced."""
+    graph = dict(workflow)
+    for (node_id, name), value in values.items():
+        node = graph[node_id]
+        graph[node_id] = {**node, "inputs": {**node["inputs"], name: value}}
+    return graph
 
 
 def _from_file(path: Path) -> Workflow:
@@ -154,13 +199,19 @@ def substitute(workflow: Workflow, namespace: Mapping[str, Any]) -> Workflow:
 
 
 def _json_value(name: str, value: Any) -> Any:
-    """Only JSON-representable values may enter a workflow; anything else is a clear error."""
+    """Only JSON-representable values may enter a workflow, and local inputs (a PIL image, an array, bytes, a
+    ``Path``), which become uploads; anything else is a clear error."""
+    if is_uploadable(value):
+        try:
+            return as_upload(value)
+        except UploadError as exc:
+            raise WorkflowError(f"${name}: {exc}") from None
     try:
         return json.loads(json.dumps(value))
     except (TypeError, ValueError):
         raise WorkflowError(
             f"${name} is a {type(value).__name__}, which cannot be sent to ComfyUI (use a number, string, "
-            "bool, list or dict)"
+            "bool, list or dict; or a PIL image, numpy array, bytes or Path to upload)"
         ) from None
 
 

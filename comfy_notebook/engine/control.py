@@ -124,6 +124,7 @@ class Control:
         rt.lock.reset()  # a close that raced the reset must not leave a lock behind
         for conn in rt.connections.values():  # the user fixed the balancer, or knows better: look afresh
             conn.affinity.forget()
+        rt.uploads.forget()  # someone may have cleared a server's input folder: upload afresh
         return self.status()
 
     # -- status -------------------------------------------------------------------------------------------------------
@@ -148,6 +149,7 @@ class Control:
             entry["backend_changes"] = affinity.backend_changes if affinity else 0
             broken = affinity.broken if affinity else None
             entry["affinity_error"] = no_affinity_message(entry["url"], broken) if broken else None
+            entry["uploads"] = rt.uploads.sent.get(entry["url"], 0)
         status["servers"] = servers
         status["retries"] = sum(s["retried"] for s in servers)
         status["duplicates"] = sum(s["duplicates"] for s in servers)

@@ -290,7 +290,10 @@ class Dispatcher:
     async def post(self, flight: Flight, conn: ServerConnection) -> None:
         task, prompt_id = flight.task, flight.prompt_id
         client_id = conn.quiet_id if flight.quiet else conn.client_id
-        body = wire.prompt_body(task.workflow, client_id=client_id, prompt_id=prompt_id)
+        graph = await self.rt.uploads.workflow_for(conn, task.workflow)  # local inputs go to THIS server
+        if task.done():
+            return  # cancelled while its inputs were uploading: nothing was queued (``attempt`` raises Cancelled)
+        body = wire.prompt_body(graph, client_id=client_id, prompt_id=prompt_id)
         status, content, seen = await self.rt.api.post_prompt(conn, body)
         if status == 0 or status >= 500:
             # We minted the id, so we can ask whether the prompt landed before calling it failed.

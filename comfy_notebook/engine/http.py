@@ -255,6 +255,29 @@ class ComfyHTTP:
                 f"{conn.server} answered POST {path} with HTTP {response.status_code}", server=conn.server
             )
 
+    async def upload(
+        self, conn: ServerConnection, path: str, *, filename: str, data: bytes, mime: str, fields: dict[str, str]
+    ) -> tuple[int, bytes]:
+        """A multipart POST to one of ComfyUI's upload routes (file field ``image``); status and body. Through the
+        same cookies and affinity key as every other call, so a balancer keeps it on the prompt's backend."""
+        try:
+            async with conn.http_slots:
+                response = await self._client(conn).post(
+                    conn.spec.http_url(path),
+                    files={"image": (filename, data, mime)},
+                    data=fields,
+                    headers=_headers(conn),
+                    params=conn.affinity.params(),
+                )
+        except httpx.HTTPError as exc:
+            error = ServerUnavailable(
+                f"{conn.server} did not answer POST {path}: {conn.redact(describe(exc))}", server=conn.server
+            )
+            error.refused = isinstance(exc, httpx.ConnectError)
+            raise error from None
+        conn.saw_cookies(response.headers.get_list("set-cookie"))
+        return response.status_code, response.content[:4096]
+
     async def drop(self, conn: ServerConnection, prompt_id: str) -> None:
         """Targeted cancel: delete the prompt from the queue, and interrupt it only if it is the one running.
         Bypasses the request slots: a cancel must go out even when the slots are taken by a hung server."""

@@ -22,6 +22,7 @@ from comfy_notebook.engine.connection import Flight, ServerConnection
 from comfy_notebook.engine.http import ComfyHTTP
 from comfy_notebook.engine.options import POOL, EngineOptions
 from comfy_notebook.engine.task import Task
+from comfy_notebook.engine.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Runtime:
         self.pool = Pool()
         self.scheduler = Scheduler(self.pool, depth=options.depth)
         self.api = ComfyHTTP(options.http)  # the AsyncClient must be created on the loop thread
+        self.uploads = Uploader(self.api)
         self.connections: dict[str, ServerConnection] = {}
         self.waiting: dict[str, Waiting] = {}
         self.ghosts: dict[str, dict[str, Ghost]] = {}  # server -> prompt id -> ghost
@@ -134,6 +136,7 @@ class Runtime:
         del self.connections[server]
         await conn.close(1000)
         await self.api.forget(server)
+        self.uploads.forget(server)
 
     def ghost(self, server: str, prompt_id: str, task: Task) -> None:
         """Remember a prompt we moved away from ``server``, in case that server finishes it after all."""

@@ -320,13 +320,22 @@ def test_unknown_names_are_all_listed() -> None:
 
 @pytest.mark.parametrize(
     ("value", "type_name"),
-    [(object(), "object"), (lambda: 1, "function"), ({1, 2}, "set"), (b"bytes", "bytes"), (1 + 2j, "complex")],
+    [(object(), "object"), (lambda: 1, "function"), ({1, 2}, "set"), (1 + 2j, "complex")],
 )
 def test_values_that_are_not_json_are_refused(value: Any, type_name: str) -> None:
     with pytest.raises(WorkflowError) as info:
         substitute(node({"x": "$thing"}), {"thing": value})
     assert "$thing" in str(info.value)
     assert f"is a {type_name}" in str(info.value)
+
+
+def test_bytes_and_paths_in_a_cell_are_sent_as_files(tmp_path: Path) -> None:
+    from comfy_notebook.core.uploads import Upload
+
+    sent = substitute(node({"x": "$thing"}), {"thing": b"RIFF\x00\x00\x00\x00WAVE"})["1"]["inputs"]["x"]
+    assert isinstance(sent, Upload) and sent.kind == "file" and sent.filename.endswith(".wav")
+    with pytest.raises(WorkflowError, match=r"\$thing: cannot read"):
+        substitute(node({"x": "$thing"}), {"thing": tmp_path / "missing.mp4"})
 
 
 def test_circular_values_are_refused() -> None:
@@ -522,3 +531,58 @@ def test_model_files_tell_workflows_apart_by_their_models() -> None:
     reseeded = copy.deepcopy(MODEL_GRAPH)
     reseeded["5"]["inputs"]["seed"] = 99
     assert model_files(reseeded) == model_files(MODEL_GRAPH)
+
+
+# -- local inputs (uploads) -------------------------------------------------------------------------------------------
+
+
+def _load_image_graph(value: object) -> dict[str, object]:
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": value}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    }
+
+
+def test_an_upload_input_survives_loading_and_is_found() -> None:
+    from PIL import Image
+
+    from comfy_notebook.core.uploads import Upload
+    from comfy_notebook.core.workflow import uploads_of, with_inputs
+
+    upload = Upload(Image.new("RGB", (2, 2)))
+    graph = load_workflow(_load_image_graph(upload))
+    assert graph["1"]["inputs"]["image"] is upload
+    assert uploads_of(graph) == {("1", "image"): upload}
+    sent = with_inputs(graph, {("1", "image"): "cn-x.png"})
+    assert sent["1"]["inputs"]["image"] == "cn-x.png"
+    assert graph["1"]["inputs"]["image"] is upload  # the task's own workflow is left alone
+    assert sent["2"] is graph["2"]
+
+
+def test_a_raw_local_object_in_a_dict_names_the_fix() -> None:
+    from PIL import Image
+
+    with pytest.raises(WorkflowError, match=r"Upload\(\.\.\.\)"):
+        load_workflow(_load_image_graph(Image.new("RGB", (2, 2))))
+
+
+def test_an_upload_nested_in_a_list_is_refused() -> None:
+    from PIL import Image
+
+    from comfy_notebook.core.uploads import Upload
+
+    with pytest.raises(WorkflowError, match="value of a node input"):
+        load_workflow(_load_image_graph([Upload(Image.new("RGB", (2, 2)))]))
+
+
+def test_a_cell_variable_holding_an_image_becomes_an_upload() -> None:
+    from PIL import Image
+
+    from comfy_notebook.core.uploads import Upload
+
+    graph = substitute(_load_image_graph("$photo"), {"photo": Image.new("RGB", (2, 2), (1, 2, 3))})
+    upload = graph["1"]["inputs"]["image"]
+    assert isinstance(upload, Upload) and upload.kind == "image"
+    assert load_workflow(graph)["1"]["inputs"]["image"] is upload
+    # A string variable stays a file name on the server.
+    assert substitute(_load_image_graph("$name"), {"name": "photo.png"})["1"]["inputs"]["image"] == "photo.png"

@@ -218,6 +218,34 @@ def test_with_affinity_every_prompt_succeeds_with_its_files_and_progress(
         assert len({w[0] for w in where}) == 1, f"one session, one backend: {where}"
 
 
+@pytest.mark.parametrize("mode", list(AFFINITY))
+def test_uploaded_inputs_reach_the_backend_that_runs_the_prompt(
+    mode: Mode, backends: list[str], tmp_path: Path
+) -> None:
+    """An upload through the balancer carries the same cookie and key as the prompt: the file lands on the backend
+    that runs it (a different one would fail LoadImage's validation or give another picture)."""
+    from PIL import Image
+
+    from comfy_notebook.core.uploads import Upload
+
+    colors = [rgb(next_color()) for _ in range(4)]
+    with Balancer(mode, backends, tmp_path / "lb") as lb, engine_on(lb.url) as engine:
+        tasks = [
+            engine.submit(
+                {
+                    "1": {"class_type": "LoadImage", "inputs": {"image": Upload(Image.new("RGB", (4, 4), color))}},
+                    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "lb-up"}},
+                }
+            )
+            for color in colors
+        ]
+        results = [task.result(timeout=120) for task in tasks]
+        for color, result in zip(colors, results, strict=True):
+            assert result.images[0].convert("RGB").getpixel((1, 1)) == color
+            assert len(homes(backends, result.prompt_id)) == 1  # ran once, on one backend
+        assert entry_for(engine, lb.url)["uploads"] == len(colors)
+
+
 # ---------------------------------------------------------------- without affinity
 
 
