@@ -83,7 +83,7 @@ def timed(engine: cn.Engine, graph: dict[str, Any]) -> tuple[float, bool]:
     task = engine.submit(graph)
     result = task.result(TIMEOUT)
     seconds = time.perf_counter() - start
-    if result.status != "success" or len(result.files) != len(result.refs) or not result.refs:
+    if result.status != "success" or len(result.fetch()) != len(result.refs) or not result.refs:
         raise RuntimeError(f"{result} came back incomplete: {result.outputs}")
     return seconds, task.progress is not None
 

@@ -167,7 +167,7 @@ def _our_rate(url: str, workflows: list[dict[str, Any]], *, bulk: bool) -> tuple
         tasks = engine.submit_many(workflows[1:]) if bulk else [engine.submit(wf) for wf in workflows[1:]]
         results = [t.result(timeout=600) for t in tasks]
         complete = time.perf_counter() - start
-        assert all(r.status == "success" and len(r.files) == 1 for r in results)
+        assert all(r.status == "success" and len(r.fetch()) == 1 for r in results)
         with_files = time.perf_counter() - start
     finally:
         engine.close()

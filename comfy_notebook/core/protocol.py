@@ -24,6 +24,7 @@ from comfy_notebook.core.errors import (
     ValidationError,
     describe,
 )
+from comfy_notebook.core.outputs import FileRef, file_refs, image_refs, text_outputs
 
 Workflow = dict[str, Any]
 
@@ -343,14 +344,8 @@ def parse_prompt_response(
 
 
 # -- /history answers -----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ImageRef:
-    """An output file as the server names it; never joined onto a local path unsanitised."""
-
-    filename: str
-    subfolder: str
-    type: str
-    node_id: str
+#: The name of ``core.outputs.FileRef`` from when only images were understood.
+ImageRef = FileRef
 
 
 @dataclass(frozen=True)
@@ -360,8 +355,15 @@ class HistoryEntry:
     outputs: dict[str, Any]
     messages: tuple[tuple[str, dict[str, Any]], ...]
 
-    def images(self) -> list[ImageRef]:
+    def images(self) -> list[FileRef]:
         return image_refs(self.outputs)
+
+    def files(self) -> list[FileRef]:
+        """Every output file of every node (see ``core.outputs``)."""
+        return file_refs(self.outputs)
+
+    def texts(self) -> dict[str, list[str]]:
+        return text_outputs(self.outputs)
 
     def error(self, server: str) -> ExecutionError | None:
         """The ``execution_error`` recorded in the entry's messages, as an exception."""
@@ -395,21 +397,6 @@ def parse_history(body: Any, prompt_id: str, *, server: str) -> HistoryEntry | N
     else:
         state = "error"
     return HistoryEntry(prompt_id, state, outputs, tuple(messages))
-
-
-def image_refs(outputs: Mapping[str, Any]) -> list[ImageRef]:
-    """Every image of every output node, skipping entries that are not well-formed."""
-    refs = []
-    for node_id, output in outputs.items():
-        images = output.get("images") if isinstance(output, dict) else None
-        for image in images if isinstance(images, list) else ():
-            if not isinstance(image, dict) or not isinstance(image.get("filename"), str):
-                continue
-            subfolder = image.get("subfolder") or ""
-            kind = image.get("type") or "output"
-            if isinstance(subfolder, str) and isinstance(kind, str):
-                refs.append(ImageRef(image["filename"], subfolder, kind, str(node_id)))
-    return refs
 
 
 def queue_contains(body: Any, prompt_id: str) -> bool:

@@ -1,4 +1,4 @@
-"""Turn a finished prompt into a ``Result`` (or its error): history and images from the prompt's own server,
+"""Turn a finished prompt into a ``Result`` (or its error): history and output files from the prompt's own server,
 never from another one."""
 
 from __future__ import annotations
@@ -79,9 +79,11 @@ async def collect(
             server=conn.server,
             prompt_id=prompt_id,
         )
-    refs = entry.images()
-    # Temp files are wiped when a server restarts, so they come now; so does everything for prompts someone
-    # watches. Bulk (quiet) results fetch files the server keeps on disk on first use.
+    # Every kind of file (images, animations, videos, audio, 3D, ...). A fully cached re-run lists the first run's
+    # files again: ComfyUI records cached nodes' outputs for every prompt posted with a client id, as all of ours
+    # are (docs/protocol.md). Temp files are wiped when a server restarts, so they come now; so does everything
+    # for prompts someone watches. Bulk (quiet) results fetch files the server keeps on disk on first use.
+    refs = entry.files()
     now = [ref for ref in refs if not flight.quiet or ref.type != "output"]
     data = await asyncio.gather(*(api.view(conn, ref) for ref in now))
     fetched = {ref: blob for ref, blob in zip(now, data, strict=True) if blob is not None}

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import io
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image as PILImage
 from PIL.Image import Image
 
-from comfy_notebook.core.errors import ComfyError
 from comfy_notebook.core.failover import Attempt
-from comfy_notebook.core.paths import safe_relative
-from comfy_notebook.core.protocol import ImageRef
+from comfy_notebook.core.outputs import FileRef, count_media, text_outputs
+from comfy_notebook.engine.files import Fetcher, FileStore, OutputFile
 
 #: pending: not sent yet; waiting: in the client-side queue of pool mode; queued: on its server's queue.
 PENDING, WAITING, QUEUED, RUNNING = "pending", "waiting", "queued", "running"
@@ -30,27 +27,12 @@ SUCCESS, ERROR, INTERRUPTED, CANCELLED = "success", "error", "interrupted", "can
 FINISHED = frozenset({SUCCESS, ERROR, INTERRUPTED, CANCELLED})
 
 
-@dataclass(frozen=True)
-class ImageFile:
-    """One output image: the server's reference and its bytes, decoded on demand."""
-
-    ref: ImageRef
-    data: bytes = field(repr=False)
-
-    def to_pil(self) -> Image:
-        image = PILImage.open(io.BytesIO(self.data))
-        image.load()
-        return image
-
-
-Fetcher = Callable[[list[ImageRef]], list[bytes | None]]
-
-
 class Result:
-    """A finished prompt: its history outputs and its images, always from the server that ran it.
+    """A finished prompt: its history outputs, its files and texts, always from the server that ran it.
 
-    Image bytes arrive with the result, except on the bulk path (``submit_many``), where files the server keeps
-    on disk are fetched on first use of ``files``, ``images`` or ``save()``.
+    ``files`` lists every output file of every node; their bytes arrive with the result, except on the bulk path
+    (``submit_many``), where files the server keeps on disk are fetched on first use (``file.data``, ``images``,
+    ``save()``, ``fetch()``, or displaying the result).
     """
 
     def __init__(
@@ -60,8 +42,8 @@ class Result:
         status: str,
         *,
         outputs: dict[str, Any],
-        refs: list[ImageRef],
-        fetched: dict[ImageRef, bytes],
+        refs: list[FileRef],
+        fetched: dict[FileRef, bytes],
         fetch: Fetcher,
         elapsed: float,
     ) -> None:
@@ -69,60 +51,50 @@ class Result:
         self.server = server
         self.status = status
         self.outputs = outputs
+        #: Every output file as the server named it (``files`` wraps these).
         self.refs = refs
+        #: Node id -> the strings it showed (``PreviewAny`` and ShowText-like nodes).
+        self.texts: dict[str, list[str]] = text_outputs(outputs)
         self.elapsed = elapsed
-        self._fetched = fetched
-        self._fetch = fetch
+        self._store = FileStore(server, prompt_id, fetched, fetch)
+        self._files = [OutputFile(ref, self._store) for ref in refs]
         self._images: list[Image] | None = None
 
     @property
-    def files(self) -> list[ImageFile]:
-        """Every output image with its bytes (fetched now if not yet here); files the server no longer serves
-        are left out with a warning in the log."""
-        missing = [ref for ref in self.refs if ref not in self._fetched]
-        if missing:
-            for ref, data in zip(missing, self._fetch(missing), strict=True):
-                if data is not None:
-                    self._fetched[ref] = data
-        return [ImageFile(ref, self._fetched[ref]) for ref in self.refs if ref in self._fetched]
+    def files(self) -> list[OutputFile]:
+        """Every output file of every node, in node order; bytes are fetched on first use of ``data``."""
+        return list(self._files)
+
+    def fetch(self) -> list[OutputFile]:
+        """Fetch every file's bytes not here yet, in one batch; the files the server served. Those it does not
+        serve are left out, with a warning in the log."""
+        self._store.load(self.refs)
+        return [file for file in self._files if self._store.served(file.ref)]
 
     @property
     def images(self) -> list[Image]:
-        """The output images as PIL images, decoded on first use."""
+        """The still images (``images`` outputs that are not animations or videos) as PIL images, decoded on first
+        use; animations, videos and other files are in ``files``."""
         if self._images is None:
-            self._images = [f.to_pil() for f in self.files]
+            stills = [file for file in self._files if file.is_still_image]
+            self._store.load(file.ref for file in stills)
+            self._images = [file.to_pil() for file in stills if self._store.served(file.ref)]
         return self._images
 
     def save(self, folder: str | Path) -> list[Path]:
-        """Write every image under ``folder``, with server names made safe; never overwrites a file."""
+        """Write every output file under ``folder`` as ``subfolder/filename``, with server names made safe;
+        never overwrites a file."""
         root = Path(folder).resolve()
-        written = []
-        for file in self.files:
-            target = (root / safe_relative(file.ref.subfolder, file.ref.filename)).resolve()
-            if not target.is_relative_to(root):  # belt and braces: safe_relative already forbids this
-                raise ComfyError(f"refusing to write outside {root}: {target}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target = _unused(target)
-            with open(target, "xb") as handle:
-                handle.write(file.data)
-            written.append(target)
-        return written
+        return [file.save_under(root) for file in self.fetch()]
 
     def __repr__(self) -> str:
+        counted = count_media(file.media for file in self._files)
+        files = f"files={len(self._files)}" + (f" ({counted})" if counted else "")
+        texts = f" texts={sum(len(t) for t in self.texts.values())}" if self.texts else ""
         return (
-            f"<Result {self.status} prompt_id={self.prompt_id} server={self.server} "
-            f"images={len(self.refs)} elapsed={self.elapsed:.2f}s>"
+            f"<Result {self.status} prompt_id={self.prompt_id} server={self.server} {files}{texts} "
+            f"elapsed={self.elapsed:.2f}s>"
         )
-
-
-def _unused(path: Path) -> Path:
-    if not path.exists():
-        return path
-    for n in range(1, 10_000):
-        candidate = path.with_name(f"{path.stem} ({n}){path.suffix}")
-        if not candidate.exists():
-            return candidate
-    raise ComfyError(f"too many files named like {path.name}")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ through ``public_url`` so neither markup from a server nor credentials can reach
 
 from __future__ import annotations
 
-import base64
 import html
 import re
 import time
@@ -15,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from comfy_notebook.core.errors import ComfyError, ExecutionError, ValidationError, WorkflowError
+from comfy_notebook.notebook import media
 
 if TYPE_CHECKING:
     from comfy_notebook.engine.task import Result, Task
@@ -275,49 +275,56 @@ def bar_style(status: str) -> str:
 
 
 # -- results ----------------------------------------------------------------------------------------------------------
-def image_mime(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data.startswith(b"GIF8"):
-        return "image/gif"
-    return "image/png"
-
-
 def result_text(result: Result) -> str:
+    """The summary line, one line per file (stills by name, other media with what they are) and per text."""
     lines = [
         f"comfy prompt {result.prompt_id}: {result.status} on {public_url(result.server)} "
-        f"in {format_duration(result.elapsed, precise=True)}, {len(result.files)} image(s)"
+        f"in {format_duration(result.elapsed, precise=True)}, {media.counts(result)}"
     ]
-    lines += [f"  {f.ref.subfolder + '/' if f.ref.subfolder else ''}{f.ref.filename}" for f in result.files]
+    for file in result.files:
+        what = "" if file.is_still_image else f"  ({media.noun(file)})"
+        lines.append(f"  {media.where(file)}{what}")
+    for node_id, strings in result.texts.items():
+        lines += [f"  text (node {node_id}): {first_line(text, 100)}" for text in strings]
     return "\n".join(lines)
 
 
 def result_html(result: Result, *, max_images: int = MAX_INLINE_IMAGES) -> str:
-    """Summary plus the images inline (data URIs), so a saved notebook shows the outcome without a kernel."""
-    count = len(result.files)
+    """Summary, then every file inline (images and animations as ``<img>``, ``<video>``, ``<audio>``; others as a
+    line) and the texts, so a saved notebook shows the outcome without a kernel. At most ``max_images`` media are
+    embedded, within ``media.MAX_INLINE_*`` bytes; what is left out is said."""
+    here, problem = media.available(result)
+    budget = media.Budget(items=max_images)
+    pieces = []
+    for file in result.files:
+        if file in here:
+            pieces.append(media.file_html(file, budget))
+        elif problem:
+            pieces.append(media.file_line(file, f"not fetched: {first_line(scrub(problem))}"))
+        else:
+            pieces.append(media.file_line(file, f"not served by {public_url(result.server)}"))
     summary = (
         f'<div class="comfy-result-summary"><b class="comfy-state comfy-state-{esc(result.status)}">'
         f"{esc(result.status)}</b> &middot; server: {esc(public_url(result.server))} &middot; prompt: "
-        f"<code>{esc(result.prompt_id)}</code> &middot; {count} image{'s' if count != 1 else ''} &middot; "
+        f"<code>{esc(result.prompt_id)}</code> &middot; {esc(media.counts(result))} &middot; "
         f"{esc(format_duration(result.elapsed, precise=True))}</div>"
     )
-    images = []
-    for file in result.files[:max_images]:
-        data = base64.b64encode(file.data).decode("ascii")
-        images.append(
-            f'<img src="data:{image_mime(file.data)};base64,{data}" title="{esc(file.ref.filename)}" '
-            f'alt="{esc(file.ref.filename)}" style="max-width:100%;margin:2px"/>'
-        )
+    skipped = len(budget.skipped)
     more = (
-        f'<div class="comfy-result-more">{count - max_images} more: <code>result.images</code></div>'
-        if count > max_images
+        f'<div class="comfy-result-more">{skipped} more: <code>result.files</code>, <code>result.images</code></div>'
+        if skipped
         else ""
     )
-    return f'<div class="comfy-result">{summary}<div class="comfy-result-images">{"".join(images)}</div>{more}</div>'
+    body = f'<div class="comfy-result-images">{"".join(pieces)}</div>{media.texts_html(result)}'
+    return f'<div class="comfy-result">{summary}{body}{more}</div>'
+
+
+def result_bundle(result: Result) -> dict[str, str] | None:
+    """The ``image/png`` kept next to the HTML: a strip of the stills and first frames, for viewers of a saved
+    notebook that show no HTML (IPython's HTML and text formatters add the rest of the bundle)."""
+    media.available(result)
+    png = media.preview_png(result)
+    return {"image/png": png} if png else None
 
 
 # -- errors -----------------------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def test_files_can_be_fetched_after_the_engine_is_closed(fake: FakeComfy) -> Non
     engine = Engine([fake.url])
     (result,) = [t.result(20) for t in engine.submit_many([workflow(1)])]
     engine.close()
-    assert len(result.files) == 1
+    assert len(result.fetch()) == 1
 
 
 def test_fetching_on_the_loop_thread_is_refused(fake: FakeComfy) -> None:

@@ -66,7 +66,7 @@ def test_every_prompt_survives_servers_restarting_at_random(fakes: list[FakeComf
         for task in tasks:
             result = task.result(0)
             assert result.status == "success" and result.server == task.attempts[-1].server
-            assert len(result.files) == 1
+            assert len(result.fetch()) == 1
         status = eng.get_status()
         assert status["pending_tasks_count"] == 0 and status["waiting"] == 0
         assert all(s["in_flight"] == 0 for s in status["servers"])

@@ -169,7 +169,7 @@ def incomplete(outcome: Outcome, url: str) -> str | None:
         return f"{result}: expected a success from {url}"
     if len(result.refs) != 1:  # SaveImage reported its one image
         return f"{result}: {len(result.refs)} images in the outputs {result.outputs}"
-    if len(result.files) != 1:
+    if len(result.fetch()) != 1:
         return f"{result}: the history names {result.refs} but the file was not served"
     image = result.images[0]
     if image.size != (8, 8) or image.getpixel((0, 0)) != rgb(outcome.color):

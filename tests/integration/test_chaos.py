@@ -85,7 +85,7 @@ def run_under_chaos(pool: LocalPool, mode: str, retries: int, seed: int) -> None
             result = task.result(0)
             assert result.status == "success", (i, task.attempts)
             assert result.server == task.attempts[-1].server and task.attempts[-1].outcome == "success"
-            files = result.files  # fetched from result.server (the bulk path fetches them now, after the chaos)
+            files = result.fetch()  # fetched from result.server (the bulk path fetches them now, after the chaos)
             assert len(files) == 1, (i, result, task.attempts)
             assert files[0].to_pil().getpixel((0, 0)) == rgb(color(i)), "an image of another prompt"
 

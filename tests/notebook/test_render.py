@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import re
-from types import SimpleNamespace
-from typing import cast
+from typing import Any
 
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
 from PIL import Image
 
 from comfy_notebook.core.errors import (
@@ -18,9 +20,9 @@ from comfy_notebook.core.errors import (
     WorkflowError,
 )
 from comfy_notebook.core.failover import Attempt
-from comfy_notebook.core.protocol import ImageRef
-from comfy_notebook.engine.task import ImageFile, Progress, Result, Task
-from comfy_notebook.notebook import render
+from comfy_notebook.core.outputs import FileRef, file_refs
+from comfy_notebook.engine.task import Progress, Result, Task
+from comfy_notebook.notebook import media, render
 
 A, B = "http://10.0.0.1:8188", "http://10.0.0.2:8188"
 
@@ -59,10 +61,22 @@ def make_task(**fields: object) -> Task:
     return task
 
 
+def served_by(files: dict[tuple[str, str, str], bytes]) -> Any:
+    """A server's ``/view`` as the engine's fetcher sees it: bytes by (type, subfolder, filename), None if absent."""
+    return lambda refs: [files.get((r.type, r.subfolder, r.filename)) for r in refs]
+
+
 def make_result(n: int = 2) -> Result:
-    """What the renderers read of a Result (its constructor is the engine's business)."""
-    files = [ImageFile(ImageRef(f"out_{i}.png", "sub" if i else "", "output", "9"), png(i)) for i in range(n)]
-    return cast(Result, SimpleNamespace(prompt_id="p-1", server=A, status="success", files=files, elapsed=2.345))
+    outputs = {
+        "9": {
+            "images": [
+                {"filename": f"out_{i}.png", "subfolder": "sub" if i else "", "type": "output"} for i in range(n)
+            ]
+        }
+    }
+    refs = file_refs(outputs)
+    fetched: dict[FileRef, bytes] = {ref: png(i) for i, ref in enumerate(refs)}
+    return Result("p-1", A, "success", outputs=outputs, refs=refs, fetched=fetched, fetch=served_by({}), elapsed=2.345)
 
 
 # -- status -----------------------------------------------------------------------------------------------------------
@@ -271,9 +285,130 @@ def test_result_text_lists_the_files() -> None:
 
 
 def test_image_mime() -> None:
-    assert render.image_mime(png()) == "image/png"
-    assert render.image_mime(b"\xff\xd8\xff\xe0") == "image/jpeg"
-    assert render.image_mime(b"RIFF\0\0\0\0WEBPVP8 ") == "image/webp"
+    assert media.image_mime(png()) == "image/png"
+    assert media.image_mime(b"\xff\xd8\xff\xe0") == "image/jpeg"
+    assert media.image_mime(b"RIFF\0\0\0\0WEBPVP8 ") == "image/webp"
+    assert media.image_mime(b"fLaC") == "image/png"  # never a non-image type in an <img>
+
+
+def gif() -> bytes:
+    frames = [Image.new("RGB", (6, 4), (c, 0, 0)) for c in (0, 255)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buf.getvalue()
+
+
+#: One file of every kind, named and flagged as the real nodes report them (tests/integration/test_outputs.py).
+EVERY_KIND: dict[str, Any] = {
+    "3": {"images": [{"filename": "still.png", "subfolder": "", "type": "output"}]},
+    "4": {"images": [{"filename": "anim.webp", "subfolder": "", "type": "output"}], "animated": [True]},
+    "6": {"gifs": [{"filename": "vhs.gif", "subfolder": "gif", "type": "output", "format": "image/gif"}]},
+    "8": {"images": [{"filename": "v.mp4", "subfolder": "video", "type": "output"}], "animated": [True]},
+    "10": {"audio": [{"filename": "a.flac", "subfolder": "audio", "type": "output"}]},
+    "15": {"3d": [{"filename": "m.glb", "subfolder": "mesh", "type": "output"}]},
+    "16": {"images": [{"filename": "<img src=x onerror=alert(1)>.png", "subfolder": "", "type": "temp"}]},
+    "12": {"text": ["<b>hi</b> & bye", "second"]},
+}
+EVERY_FILE = {
+    ("output", "", "still.png"): png(7),
+    ("output", "", "anim.webp"): b"RIFF\0\0\0\0WEBPVP8X",
+    ("output", "gif", "vhs.gif"): gif(),
+    ("output", "video", "v.mp4"): b"\0\0\0\x20ftypisom" + bytes(2000),
+    ("output", "audio", "a.flac"): b"fLaC\0\0\0\x22",
+    ("output", "mesh", "m.glb"): b"glTF" + bytes(2044),
+    ("temp", "", "<img src=x onerror=alert(1)>.png"): png(1),
+}
+
+
+def every_kind(files: dict[tuple[str, str, str], bytes] = EVERY_FILE, fetch: Any = None) -> Result:
+    refs = file_refs(EVERY_KIND)
+    return Result(
+        "p-2", A, "success", outputs=EVERY_KIND, refs=refs, fetched={}, fetch=fetch or served_by(files), elapsed=1.0
+    )
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def test_result_html_shows_every_kind_inline() -> None:
+    html = render.result_html(every_kind())
+    assert f'<img src="data:image/png;base64,{b64(png(7))}" class="comfy-result-media comfy-media-image"' in html
+    assert f'<img src="data:image/webp;base64,{b64(EVERY_FILE[("output", "", "anim.webp")])}"' in html
+    assert f'<img src="data:image/gif;base64,{b64(gif())}" class="comfy-result-media comfy-media-animation"' in html
+    assert f'<video src="data:video/mp4;base64,{b64(EVERY_FILE[("output", "video", "v.mp4")])}"' in html
+    assert "<video " in html and " controls " in html and "</video>" in html
+    assert f'<audio src="data:audio/flac;base64,{b64(EVERY_FILE[("output", "audio", "a.flac")])}" controls' in html
+    assert "<code>mesh/m.glb</code> &middot; 3d &middot; model/gltf-binary &middot; 2.0 kB" in html
+    assert '<pre class="comfy-result-text" title="node 12"' in html and "&lt;b&gt;hi&lt;/b&gt; &amp; bye" in html
+    assert "<b>hi</b>" not in html and "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;.png" in html
+    assert "2 images, 2 animations, 1 video, 1 audio file, 1 3D model, 2 texts" in html
+
+
+def test_result_text_says_what_each_file_is_and_lists_the_texts() -> None:
+    lines = render.result_text(every_kind()).splitlines()
+    assert lines[0].endswith("2 images, 2 animations, 1 video, 1 audio file, 1 3D model, 2 texts")
+    assert lines[1:] == [
+        "  still.png",
+        "  anim.webp  (animation)",
+        "  gif/vhs.gif  (animation)",
+        "  video/v.mp4  (video)",
+        "  audio/a.flac  (audio file)",
+        "  mesh/m.glb  (3D model)",
+        "  <img src=x onerror=alert(1)>.png",
+        "  text (node 12): <b>hi</b> & bye",
+        "  text (node 12): second",
+    ]
+
+
+def test_large_media_are_listed_not_embedded_and_the_total_is_capped() -> None:
+    big = b"\0\0\0\x20ftypisom" + bytes(media.MAX_INLINE_FILE_BYTES)
+    html = render.result_html(every_kind({**EVERY_FILE, ("output", "video", "v.mp4"): big}))
+    assert "<video" not in html
+    line = "<code>video/v.mp4</code> &middot; images &middot; video/mp4 &middot; 8.0 MB, not shown inline"
+    assert f"{line} (over the 8.0 MB limit per file): use result.files or result.save()" in html
+    chunk = b"\0\0\0\x20ftypisom" + bytes(media.MAX_INLINE_FILE_BYTES - 1024)  # under the per-file cap
+    outputs = {"1": {"video": [{"filename": f"{i}.mp4", "type": "output"} for i in range(4)]}}
+    refs = file_refs(outputs)
+    res = Result("p", A, "success", outputs=outputs, refs=refs, fetched={}, fetch=lambda r: [chunk] * len(r), elapsed=1)
+    html = render.result_html(res)
+    assert html.count("<video ") == 3 and "not shown inline (the 24.0 MB limit per result is reached)" in html
+
+
+def test_files_the_server_does_not_serve_or_cannot_be_reached_for_are_said_not_raised() -> None:
+    missing = {k: v for k, v in EVERY_FILE.items() if k[2] != "v.mp4"}
+    html = render.result_html(every_kind(missing))
+    assert f"<code>video/v.mp4</code> &middot; images &middot; video/mp4 &middot; not served by {A}" in html
+    assert html.count("<img ") == 4
+
+    def down(refs: list[FileRef]) -> list[bytes | None]:
+        raise ServerUnavailable(f"{A} did not answer GET /view: refused", server=A)
+
+    html = render.result_html(every_kind(fetch=down))
+    assert html.count("not fetched: ") == 7 and "did not answer GET /view" in html
+    assert render.result_bundle(every_kind(fetch=down)) is None
+
+
+def test_the_bundle_has_a_static_png_of_the_stills_and_first_frames() -> None:
+    bundle = render.result_bundle(every_kind())
+    assert bundle is not None and set(bundle) == {"image/png"}
+    strip = Image.open(io.BytesIO(base64.b64decode(bundle["image/png"])))
+    # still.png (4x4), vhs.gif's first frame (6x4) and the hostile-named PNG (4x4); anim.webp's bytes do not decode
+    assert strip.size == (4 + 4 + 6 + 4 + 4, 4)
+    assert strip.convert("RGB").getpixel((0, 0)) == (7, 0, 0) and strip.convert("RGB").getpixel((8, 0)) == (0, 0, 0)
+    audio_only = {"1": {"audio": [{"filename": "a.flac", "subfolder": "audio", "type": "output"}]}}
+    res = Result("p", A, "success", outputs=audio_only, refs=file_refs(audio_only), fetched={},
+                 fetch=served_by(EVERY_FILE), elapsed=1)  # fmt: skip
+    assert render.result_bundle(res) is None
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_a_result_without_files(n: int) -> None:
+    outputs: dict[str, Any] = {"1": {"text": ["only text"]}} if n else {}
+    res = Result("p", A, "success", outputs=outputs, refs=[], fetched={}, fetch=served_by({}), elapsed=1)
+    html = render.result_html(res)
+    assert ("1 text" if n else "no outputs") in html
+    assert render.result_bundle(res) is None
 
 
 # -- errors -----------------------------------------------------------------------------------------------------------
@@ -329,3 +464,10 @@ def test_the_affinity_behind_a_balancer_is_shown_with_its_backend_moves_and_its_
     rows = server_rows(render.status_html(status))
     assert [r["affinity"] for r in rows] == ["cookie, moved 2x", "NONE: a balancer without affinity"]
     assert rows[1]["last error"].startswith("http://lb:1 is a load balancer without")
+
+
+def test_a_displayed_result_carries_html_text_and_the_static_png(loaded: InteractiveShell) -> None:
+    data, _ = loaded.display_formatter.format(every_kind())
+    assert set(data) == {"text/plain", "text/html", "image/png"}
+    assert data["text/html"] == render.result_html(every_kind())
+    assert data["image/png"] == render.result_bundle(every_kind())["image/png"]  # type: ignore[index]
