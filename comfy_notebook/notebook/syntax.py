@@ -22,6 +22,12 @@ HELP = """\
 %comfy status              show the live status panel (mode, lock, servers, Reset button)
 %comfy reset               clear the lock, close sockets, cancel pending prompts
 %comfy lock URL            pin the lock to one server of the pool
+%comfy nodes [FILTER]      the node types of every server (FILTER: part of a name or category);
+                           those only some servers have are flagged (a prompt using one fails elsewhere)
+%comfy node NAME           one node type: its inputs (type, default, range, choices) and outputs
+%comfy models [FOLDER]     the model folders, or the files in FOLDER (checkpoints, loras, ...) per server
+                           nodes, node and models take --server URL to ask one server; the answer is
+                           the cell's value (x = %comfy nodes sampler), as cn.nodes() / node() / models()
 %comfy help                this text
 
 %%comfy [NAME <<] [-f FILE] [--server URL] [--timeout SECONDS] [--no-wait]
@@ -36,7 +42,7 @@ HELP = """\
     (a lookup, never evaluated); write "$$name" for a literal "$name"."""
 
 
-COMMANDS = "servers, mode, status, reset, lock or help"
+COMMANDS = "servers, mode, status, reset, lock, nodes, node, models or help"
 CELL_USAGE = "%%comfy [NAME <<] [-f FILE] [--server URL] [--timeout SECONDS] [--no-wait]"
 
 

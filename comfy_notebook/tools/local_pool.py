@@ -172,6 +172,30 @@ def _tail(path: Path, offset: int = 0, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text) if text else "(log is empty)"
 
 
+def _check_model_paths(
+    model_paths: Sequence[Mapping[str, Sequence[Path | str]]] | None, n: int
+) -> list[dict[str, list[Path]]] | None:
+    """``LocalPool.start``'s per-server model folders, resolved; a mistake is a ``LocalPoolError`` before any start."""
+    if model_paths is None:
+        return None
+    if len(model_paths) != n:
+        raise LocalPoolError(f"got {len(model_paths)} model_paths for {n} servers")
+    out: list[dict[str, list[Path]]] = []
+    for folders in model_paths:
+        resolved: dict[str, list[Path]] = {}
+        for name, dirs in folders.items():
+            if not (isinstance(name, str) and name.isidentifier()):
+                raise LocalPoolError(f"model folder names are like 'loras' or 'checkpoints', not {name!r}")
+            if isinstance(dirs, str | Path):
+                raise LocalPoolError(f"model_paths[...][{name!r}] must be a list of folders, not one")
+            resolved[name] = [Path(d).expanduser().resolve() for d in dirs]
+            missing = [str(d) for d in resolved[name] if not d.is_dir()]
+            if missing:
+                raise LocalPoolError(f"model folder {', '.join(missing)} ({name}) does not exist")
+        out.append(resolved)
+    return out
+
+
 # ---------------------------------------------------------------- the pool
 
 
@@ -367,6 +391,7 @@ class LocalPool:
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
         speeds: Sequence[float] | None = None,
         env_for: Callable[[int], Mapping[str, str]] | None = None,
+        model_paths: Sequence[Mapping[str, Sequence[Path | str]]] | None = None,
     ) -> list[str]:
         """Start ``n`` servers in parallel and return their URLs once all answer ``GET /prompt``.
 
@@ -378,6 +403,11 @@ class LocalPool:
         ``speeds[i]`` sets server i's ``COMFY_NOTEBOOK_SPEED`` (the test node's speed factor: 0.5 = half speed) and
         ``env_for(i)`` adds any other variables (applied last, so it wins). Both are stored in the state file, so
         :meth:`restart` brings a server back with the same environment.
+
+        ``model_paths[i]`` gives server i folders of its own, by ComfyUI folder name (``{"loras": [dir]}``; a new
+        name is a new folder), searched after the shared ``ComfyUI/models``: a pool whose servers do not all have
+        the same model files, without ever writing into the shared environment. Each server then gets its own
+        extra paths YAML in its folder (the custom nodes included).
         """
         if n < 1:
             raise LocalPoolError(f"need at least one server, got {n}")
@@ -389,6 +419,7 @@ class LocalPool:
             bad = [s for s in speeds if not (isinstance(s, int | float) and 0 < s < float("inf"))]
             if bad:
                 raise LocalPoolError(f"speeds must be positive finite numbers (1.0 = full speed), got {bad}")
+        own_paths = _check_model_paths(model_paths, n)
         extra_envs: list[dict[str, str]] = []
         for i in range(n):
             extra: dict[str, str] = {}
@@ -427,8 +458,9 @@ class LocalPool:
                 )
             self.state_dir.mkdir(parents=True, exist_ok=True)
             extra_args: list[str] = []
-            if node_dirs:
-                extra_args = ["--extra-model-paths-config", str(self._write_extra_paths(node_dirs))]
+            if node_dirs and own_paths is None:
+                shared = self._write_extra_paths(self.state_dir / EXTRA_PATHS_FILE, {"custom_nodes": node_dirs})
+                extra_args = ["--extra-model-paths-config", str(shared)]
             state: dict[str, Any] = {
                 "version": 1,
                 "comfyui_dir": str(comfy_dir),
@@ -437,7 +469,16 @@ class LocalPool:
                 "servers": [],
             }
             for i in range(n):
-                rec = self._record(i, base_port + i, comfy_dir, py, extra_args, gpu_per_server=gpu_per_server)
+                args = extra_args
+                if own_paths is not None:
+                    own = (self.state_dir / f"server-{i}").resolve()
+                    own.mkdir(parents=True, exist_ok=True)
+                    folders = {"custom_nodes": node_dirs, **own_paths[i]}
+                    if own_paths[i].get("custom_nodes"):
+                        folders["custom_nodes"] = [*node_dirs, *own_paths[i]["custom_nodes"]]
+                    yaml_path = self._write_extra_paths(own / EXTRA_PATHS_FILE, folders)
+                    args = ["--extra-model-paths-config", str(yaml_path)]
+                rec = self._record(i, base_port + i, comfy_dir, py, args, gpu_per_server=gpu_per_server)
                 rec["env"].update(extra_envs[i])
                 state["servers"].append(rec)
             try:
@@ -453,14 +494,17 @@ class LocalPool:
                 self._save(state)
         return [s["url"] for s in state["servers"]]
 
-    def _write_extra_paths(self, node_dirs: Sequence[Path]) -> Path:
-        """ComfyUI's extra paths YAML: absolute folders, one per line (utils/extra_config.py splits on it).
-
-        Written as a JSON string, which YAML reads as a double-quoted scalar: no YAML library needed here.
+    @staticmethod
+    def _write_extra_paths(path: Path, folders: Mapping[str, Sequence[Path]]) -> Path:
+        """ComfyUI's extra paths YAML: per folder name, absolute folders, one per line (utils/extra_config.py
+        splits on it). Written as JSON strings, which YAML reads as double-quoted scalars: no YAML library needed.
         """
-        path = self.state_dir / EXTRA_PATHS_FILE
-        value = json.dumps("\n".join(str(d) for d in node_dirs))
-        path.write_text(f"{EXTRA_PATHS_SECTION}:\n  custom_nodes: {value}\n", encoding="utf-8")
+        lines = [f"{EXTRA_PATHS_SECTION}:"]
+        for name, dirs in folders.items():
+            if dirs:
+                value = json.dumps("\n".join(str(d) for d in dirs))
+                lines.append(f"  {name}: {value}")
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return path
 
     def _record(

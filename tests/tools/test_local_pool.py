@@ -256,6 +256,44 @@ def test_env_for_wins_over_speeds_and_bad_speeds_are_refused(pool: LocalPool, fa
     assert f"fake-comfy {SPEED_ENV} 3\n" in log_since_last_start(pool, 0)
 
 
+def test_model_paths_give_each_server_its_own_folders_and_survive_a_restart(
+    pool: LocalPool, fake_comfy: Path, tmp_path: Path
+) -> None:
+    loras, extras = tmp_path / "loras-0", tmp_path / "extras-1"
+    loras.mkdir()
+    extras.mkdir()
+    urls = pool.start(
+        2, base_port=find_free_base_port(2), comfyui_dir=fake_comfy, custom_nodes=[TEST_NODES_DIR],
+        model_paths=[{"loras": [loras]}, {"my_extras": [extras], "custom_nodes": [extras]}],
+    )  # fmt: skip
+    expected = [
+        f'comfy_notebook_tests:\n  custom_nodes: "{TEST_NODES_DIR}"\n  loras: "{loras}"\n',
+        f'comfy_notebook_tests:\n  custom_nodes: "{TEST_NODES_DIR}\\n{extras}"\n  my_extras: "{extras}"\n',
+    ]
+    assert not (pool.state_dir / local_pool.EXTRA_PATHS_FILE).exists()  # no shared file: one per server
+    for i, rec in enumerate(json.loads(pool.state_file.read_text())["servers"]):
+        yaml_path = Path(rec["argv"][rec["argv"].index("--extra-model-paths-config") + 1])
+        assert yaml_path == Path(rec["dir"]) / local_pool.EXTRA_PATHS_FILE
+        assert yaml_path.read_text() == expected[i]
+        assert f'"--extra-model-paths-config", "{yaml_path}"' in log_since_last_start(pool, i)
+    pool.kill(urls[0])
+    pool.restart(0)
+    assert f'"--extra-model-paths-config", "{pool.state_dir.resolve()}/server-0/' in log_since_last_start(pool, 0)
+
+
+def test_bad_model_paths_are_refused_before_anything_starts(pool: LocalPool, fake_comfy: Path, tmp_path: Path) -> None:
+    bad = {
+        "got 1 model_paths for 2 servers": [{}],
+        "model folder names are like 'loras'": [{"lo ras": [tmp_path]}, {}],
+        "must be a list of folders, not one": [{"loras": str(tmp_path)}, {}],
+        "does not exist": [{}, {"loras": [tmp_path / "nowhere"]}],
+    }
+    for match, model_paths in bad.items():
+        with pytest.raises(LocalPoolError, match=match):
+            pool.start(2, base_port=find_free_base_port(2), comfyui_dir=fake_comfy, model_paths=model_paths)
+    assert pool.urls == []
+
+
 def test_kill_then_restart_without_waiting_keeps_port_folders_and_state_right(
     pool: LocalPool, fake_comfy: Path, tmp_path: Path
 ) -> None:
