@@ -23,6 +23,7 @@ from comfy_notebook.api import (
     shutdown,
     submit,
     submit_many,
+    to_api,
 )
 from comfy_notebook.core.errors import (
     Cancelled,
@@ -30,6 +31,7 @@ from comfy_notebook.core.errors import (
     ConfigError,
     ExecutionError,
     NoAffinity,
+    NotFound,
     PromptInterrupted,
     PromptLost,
     ProtocolError,
@@ -38,11 +40,12 @@ from comfy_notebook.core.errors import (
     WorkflowError,
 )
 from comfy_notebook.core.listing import ModelListing, NodeListing
-from comfy_notebook.core.nodes import NodeInfo, NotFound
+from comfy_notebook.core.nodes import NodeInfo
 from comfy_notebook.core.servers import ServerSpec
 from comfy_notebook.core.uploads import Upload, UploadError
 from comfy_notebook.core.workflow import load_workflow
 from comfy_notebook.engine.engine import Engine, EngineOptions
+from comfy_notebook.engine.files import OutputFile
 from comfy_notebook.engine.http import HttpOptions
 from comfy_notebook.engine.task import Result, Task
 
@@ -61,6 +64,7 @@ __all__ = [
     "NodeInfo",
     "NodeListing",
     "NotFound",
+    "OutputFile",
     "PromptInterrupted",
     "PromptLost",
     "ProtocolError",
@@ -86,6 +90,7 @@ __all__ = [
     "shutdown",
     "submit",
     "submit_many",
+    "to_api",
 ]
 
 

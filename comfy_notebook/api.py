@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from comfy_notebook.core.listing import ModelListing, NodeListing
+from comfy_notebook.core.nodes import NodeInfo
 from comfy_notebook.core.workflow import Workflow
 from comfy_notebook.engine.engine import Engine, EngineOptions, ServerLike
 from comfy_notebook.engine.task import Result, Task
@@ -92,6 +94,30 @@ def reset() -> dict[str, Any]:
 def lock(server: ServerLike) -> str:
     """Pin the lock to one server of the pool by hand."""
     return get_engine().pin(server)
+
+
+def nodes(filter: str | None = None, *, server: ServerLike | None = None) -> NodeListing:
+    """The node types of the pool's servers whose name, display name or category contains ``filter`` (any case);
+    node types only some servers have are noted (a prompt that uses one is refused by the others)."""
+    return get_engine().nodes(filter, server)
+
+
+def node(name: str, *, server: ServerLike | None = None) -> NodeInfo:
+    """One node type: its inputs (type, default, range, choices) and outputs; ``NotFound`` if no server has it."""
+    return get_engine().node(name, server)
+
+
+def models(folder: str | None = None, *, server: ServerLike | None = None) -> ModelListing:
+    """The files in a model folder (``"checkpoints"``, ``"loras"``, ...) per server, or the folder names; files only
+    some servers have are noted (a prompt that uses one fails validation on the others)."""
+    return get_engine().models(folder, server)
+
+
+def to_api(workflow: Workflow | str | Path, *, server: ServerLike | None = None) -> Workflow:
+    """A saved UI-format workflow (dict, JSON text or path) in the API format, converted as the ComfyUI page does
+    when it queues it, with the node definitions of ``server`` (else the locked or first answering one).
+    ``run``, ``submit`` and ``%%comfy`` accept UI-format workflows directly; this shows what they send."""
+    return get_engine().to_api(workflow, server)
 
 
 def shutdown() -> None:

@@ -139,6 +139,10 @@ class ConfigError(ComfyError, ValueError):
     """A configuration mistake (a malformed server URL, an unknown mode or option): fix the call, not the server."""
 
 
+class NotFound(ComfyError, LookupError):
+    """No server of the pool has this node type or model folder (the message names the servers asked)."""
+
+
 class ProtocolError(ComfyError):
     """A server answered with something ComfyUI never sends (malformed or hostile data)."""
 

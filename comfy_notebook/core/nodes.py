@@ -12,17 +12,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from comfy_notebook.core.errors import ComfyError, ProtocolError
+from comfy_notebook.core.errors import ProtocolError
 
 #: Input types the page draws as a widget (a value typed in the node) rather than a socket (a link).
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 #: Folder names ComfyUI still accepts in loaders but not in ``GET /models/{folder}`` (404 there).
 LEGACY_FOLDERS = {"unet": "diffusion_models", "clip": "text_encoders"}
 _SHOWN_NAMES = 8  # names listed in one sentence before "... and N more"
-
-
-class NotFound(ComfyError, LookupError):
-    """No server of the pool has this node type or model folder (the message names the servers asked)."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +23,21 @@ _VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)\Z")  # with re.match; \Z, no
 _ESCAPED = re.compile(r"\$(\$+[A-Za-z_][A-Za-z0-9_]*)\Z")  # "$$name" -> "$name", "$$$name" -> "$$name"
 
 UI_FORMAT_HELP = (
-    "this is a UI-format workflow (it has 'nodes' and 'links'), but the server API needs the API format. "
-    "In ComfyUI, use Workflow > Export (API) (older versions: enable 'Dev mode' in the settings, then "
-    "'Save (API Format)') and load that file instead."
+    "this is a UI-format workflow (it has 'nodes' and 'links'), and converting it to the API format needs a "
+    "server's node definitions: pass it to cn.run / cn.submit / %%comfy, which convert it, or convert it with "
+    "cn.to_api(workflow) (or export it from ComfyUI with Workflow > Export (API))."
 )
 
+#: Turns a UI-format workflow (what the ComfyUI page saves) into the API format; the engine supplies one that
+#: knows the target server's node definitions.
+Converter = Callable[[dict[str, Any]], Any]
 
-def load_workflow(source: Workflow | str | Path) -> Workflow:
-    """An API-format workflow from a dict, JSON text or a path; a deep copy, validated."""
+
+def load_workflow(source: Workflow | str | Path, *, convert: Converter | None = None) -> Workflow:
+    """An API-format workflow from a dict, JSON text or a path; a deep copy, validated. A UI-format workflow is
+    converted with ``convert`` (without one it is an error that says how to run it)."""
     if isinstance(source, Path):
-        return _from_file(source)
+        return _from_file(source, convert)
     if isinstance(source, str):
         text = source.strip()
         if text and text[0] not in "{[" and len(text) < 4096 and "\n" not in text:
@@ -42,10 +47,10 @@ def load_workflow(source: Workflow | str | Path) -> Workflow:
             except (OSError, ValueError):  # e.g. a name too long to be a path: treat it as JSON text
                 is_file = False
             if is_file:
-                return _from_file(path)
-        return parse_workflow(source)
+                return _from_file(path, convert)
+        return parse_workflow(source, convert=convert)
     if isinstance(source, Mapping):
-        return validate(_copy(source))
+        return validate(_copy(source), convert)
     raise WorkflowError(f"a workflow must be a dict, JSON text or a path, not {type(source).__name__}")
 
 
@@ -103,15 +108,15 @@ def with_inputs(workflow: Workflow, values: Mapping[tuple[str, str], Any]) -> Wo
     return graph
 
 
-def _from_file(path: Path) -> Workflow:
+def _from_file(path: Path, convert: Converter | None = None) -> Workflow:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise WorkflowError(f"cannot read workflow file {str(path)!r}: {exc.strerror or exc}") from None
-    return parse_workflow(text, origin=str(path))
+    return parse_workflow(text, origin=str(path), convert=convert)
 
 
-def parse_workflow(text: str, *, origin: str = "workflow") -> Workflow:
+def parse_workflow(text: str, *, origin: str = "workflow", convert: Converter | None = None) -> Workflow:
     """Parse JSON text; a syntax error names the line and column."""
     try:
         data = json.loads(text)
@@ -126,7 +131,7 @@ def parse_workflow(text: str, *, origin: str = "workflow") -> Workflow:
             line=exc.lineno,
             column=exc.colno,
         ) from None
-    return validate(data)
+    return validate(data, convert)
 
 
 def is_ui_format(data: Any) -> bool:
@@ -134,10 +139,13 @@ def is_ui_format(data: Any) -> bool:
     return isinstance(data, dict) and isinstance(data.get("nodes"), list) and "links" in data
 
 
-def validate(data: Any) -> Workflow:
-    """Check the API-format shape ``{node_id: {"class_type": str, "inputs": {...}}}``."""
+def validate(data: Any, convert: Converter | None = None) -> Workflow:
+    """Check the API-format shape ``{node_id: {"class_type": str, "inputs": {...}}}`` (after converting a
+    UI-format workflow with ``convert``)."""
     if is_ui_format(data):
-        raise WorkflowError(UI_FORMAT_HELP)
+        if convert is None:
+            raise WorkflowError(UI_FORMAT_HELP)
+        data = convert(data)
     body_graph = data.get("prompt") if isinstance(data, dict) else None
     if isinstance(body_graph, dict) and "class_type" not in data and "class_type" not in body_graph:
         data = data["prompt"]  # a saved /prompt request body: its graph is what we need

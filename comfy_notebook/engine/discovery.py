@@ -24,13 +24,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from comfy_notebook.core.errors import ComfyError, ConfigError, ProtocolError, ServerUnavailable
+from comfy_notebook.core.errors import ComfyError, ConfigError, NotFound, ProtocolError, ServerUnavailable
 from comfy_notebook.core.listing import FOLDER, MODEL, NODE, Disagreement, ModelListing, NodeListing, compare
 from comfy_notebook.core.nodes import (
     LEGACY_FOLDERS,
     Catalog,
     NodeInfo,
-    NotFound,
     join,
     matches,
     parse_names,
@@ -149,10 +148,14 @@ class Discovery:
     async def object_info(self, server: ServerSpec | None) -> dict[str, Any]:
         """The raw ``/object_info`` of ``server``, else of the locked server, else of the first server that
         answers (in pool order)."""
+        return (await self.defining(server))[1]
+
+    async def defining(self, server: ServerSpec | None) -> tuple[str, dict[str, Any]]:
+        """``object_info`` with the URL of the server it came from (errors that use it name that server)."""
         failures = []
         for spec in self._specs(server):
             try:
-                return (await self.catalog(spec))[0]
+                return spec.url, (await self.catalog(spec))[0]
             except ComfyError as exc:
                 if server is not None:
                     raise

@@ -5,7 +5,8 @@ returns quickly; the work itself lives in the parts wired together here:
 * ``events``: what arrives on the sockets;
 * ``harvest``: completion of quiet (bulk) prompts from ``/history``;
 * ``recovery``: reconnects, reconciliation, the watchdog and prompts left on lost servers;
-* ``control``: servers, mode, pin, cancel, reset, status.
+* ``control``: servers, mode, pin, cancel, reset, status;
+* ``discovery``: the node types and model files of each server (``nodes``, ``node``, ``models``, ``object_info``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from comfy_notebook.core import protocol as wire
-from comfy_notebook.core.errors import ConfigError
+from comfy_notebook.core.errors import ConfigError, WorkflowError
+from comfy_notebook.core.listing import ModelListing, NodeListing
 from comfy_notebook.core.lock import ServerLock
+from comfy_notebook.core.nodes import NodeInfo
 from comfy_notebook.core.pool import Pool
 from comfy_notebook.core.servers import ServerSpec
-from comfy_notebook.core.workflow import Workflow, load_workflow
+from comfy_notebook.core.ui import to_api as ui_to_api
+from comfy_notebook.core.workflow import Converter, Workflow, load_workflow
 from comfy_notebook.engine.control import Control
+from comfy_notebook.engine.discovery import Discovery
 from comfy_notebook.engine.dispatch import Dispatcher
 from comfy_notebook.engine.events import Events
 from comfy_notebook.engine.harvest import Harvester
@@ -72,6 +77,7 @@ class Engine:
         self._events = Events(rt, self._recovery)
         self._dispatch = Dispatcher(rt, Harvester(rt))
         self._control = Control(rt, self._dispatch)
+        self._discovery = Discovery(rt)
         self._monitor = rt.spawn(self._recovery.monitor(), "the engine monitor")
         await self._control.set_servers(specs)
 
@@ -85,7 +91,12 @@ class Engine:
     # -- servers and mode ---------------------------------------------------------------------------------------------
     def set_servers(self, servers: Iterable[ServerLike]) -> list[str]:
         specs = [to_spec(s) for s in servers]
-        return self._thread.run(self._control.set_servers(specs))
+        return self._thread.run(self._set_servers(specs))
+
+    async def _set_servers(self, specs: list[ServerSpec]) -> list[str]:
+        urls = await self._control.set_servers(specs)
+        self._discovery.prune()  # a server that left the pool may be another one when it comes back
+        return urls
 
     def set_mode(self, mode: str) -> str:
         """``"lock"`` (the original fix: new work goes to the locked server) or ``"pool"`` (every server at once,
@@ -117,8 +128,9 @@ class Engine:
         """Queue many workflows in one step. By default they are quiet (``progress=False``): the server sends no
         per-prompt events and completion is read from ``/history`` in queue order, which lets a busy server run
         at its own pace (events alone cost it about a fifth of its throughput)."""
-        graphs = [load_workflow(w) for w in workflows]
         spec = to_spec(server) if server is not None else None
+        convert = self._converter(spec)
+        graphs = [load_workflow(w, convert=convert) for w in workflows]
         tasks = [Task(wire.new_id(), graph, self._cancel_from_thread) for graph in graphs]
         admitted = self._thread.submit(self._dispatch.admit_all(tasks, spec, quiet=not progress))
         try:
@@ -162,8 +174,62 @@ class Engine:
         return self._control.status()
 
     def reset(self) -> dict[str, Any]:
-        """Clear the lock, close sockets with 1000, cancel every pending task (best effort on the servers)."""
-        return self._thread.run(self._control.reset(), timeout=self.options.reset_timeout + 3)
+        """Clear the lock, close sockets with 1000, cancel every pending task (best effort on the servers), forget
+        the servers' node types (asked again on next use)."""
+        return self._thread.run(self._reset(), timeout=self.options.reset_timeout + 3)
+
+    async def _reset(self) -> dict[str, Any]:
+        self._discovery.forget()
+        return await self._control.reset()
+
+    # -- what the servers can run -------------------------------------------------------------------------------------
+    def object_info(self, server: ServerLike | None = None) -> dict[str, Any]:
+        """The raw ``GET /object_info`` of ``server``, else of the locked (or pinned) server, else of the first
+        server of the pool that answers. Kept per server until it may have restarted: treat it as read-only."""
+        return self._thread.run(self._discovery.object_info(self._maybe_spec(server)))
+
+    def nodes(self, filter: str | None = None, server: ServerLike | None = None) -> NodeListing:
+        """The node types of every server of the pool (or of ``server``) whose name, display name or category
+        contains ``filter`` (any case); with several servers, where each one is and what the differences mean."""
+        return self._thread.run(self._discovery.nodes(filter, self._maybe_spec(server)))
+
+    def node(self, name: str, server: ServerLike | None = None) -> NodeInfo:
+        """One node type described: inputs (type, default, range, choices), outputs; ``NotFound`` naming the
+        servers asked (with close names) when none has it."""
+        return self._thread.run(self._discovery.node(name, self._maybe_spec(server)))
+
+    def models(self, folder: str | None = None, server: ServerLike | None = None) -> ModelListing:
+        """The files in a model folder (``"checkpoints"``, ``"loras"``, ...) of every server, or (no folder) the
+        folder names; files only some servers have are noted. Asked afresh each time."""
+        return self._thread.run(self._discovery.models(folder, self._maybe_spec(server)))
+
+    def to_api(self, workflow: Workflow | str | Path, server: ServerLike | None = None) -> Workflow:
+        """A UI-format workflow (what the ComfyUI page saves) in the API format, as the page itself would queue
+        it, using the node definitions of ``server`` (else the locked or first answering server). An API-format
+        workflow comes back as loaded."""
+        return load_workflow(workflow, convert=self._converter(self._maybe_spec(server)))
+
+    def _converter(self, spec: ServerSpec | None) -> Converter:
+        """Converts UI-format workflows with ``spec``'s node definitions, fetched only when one shows up (cached
+        per server by discovery)."""
+
+        def convert(ui: dict[str, Any]) -> Workflow:
+            url, object_info = self._thread.run(self._discovery.defining(spec))
+            try:
+                return ui_to_api(ui, object_info)
+            except WorkflowError as exc:
+                raise WorkflowError(f"converting this UI-format workflow with the node types of {url}: {exc}") from None
+
+        return convert
+
+    @staticmethod
+    def _maybe_spec(server: ServerLike | None) -> ServerSpec | None:
+        return None if server is None else to_spec(server)
+
+    @property
+    def discovery(self) -> Discovery:
+        """Read-only view for tests and tools (``discovery.fetches`` counts ``/object_info`` requests)."""
+        return self._discovery
 
     def every(self, interval: float, fn: Callable[[], None]) -> Callable[[], None]:
         """Call ``fn`` on the loop thread every ``interval`` seconds until the returned function is called.

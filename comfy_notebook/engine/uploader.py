@@ -71,8 +71,7 @@ class Uploader:
         status, body = await self.api.upload(conn, path, filename=upload.filename, data=data, mime=upload.mime,
                                              fields=fields)  # fmt: skip
         if status in _SERVER_DOWN:  # a proxy with no live backend: the server's failure, another one may take it
-            error = ServerUnavailable(f"{server} answered POST {path} with HTTP {status}", server=server)
-            raise error
+            raise ServerUnavailable(f"{server} answered POST {path} with HTTP {status}", server=server)
         if status >= 400:
             raise refused(status, body, server=server, upload=upload, limit=self._limits.get(server))
         value = stored_value(body, server=server, upload=upload)

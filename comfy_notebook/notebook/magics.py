@@ -7,6 +7,7 @@ User errors end the cell as failed with a short rendering (``_render_traceback_`
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -21,10 +22,12 @@ from traitlets import CaselessStrEnum, Enum, Float, List, Unicode, observe
 
 from comfy_notebook import api
 from comfy_notebook.core.errors import Cancelled, ComfyError
+from comfy_notebook.core.listing import ModelListing, NodeListing
+from comfy_notebook.core.nodes import NodeInfo
 from comfy_notebook.core.workflow import Workflow, load_workflow, parse_workflow, substitute
 from comfy_notebook.engine.options import MODES
 from comfy_notebook.engine.task import Result, Task
-from comfy_notebook.notebook import render
+from comfy_notebook.notebook import catalog, render
 from comfy_notebook.notebook.panel import StatusPanel
 from comfy_notebook.notebook.progress import ProgressWidget
 from comfy_notebook.notebook.syntax import COMMANDS, HELP, CellOptions, parse_cell_line, split_words
@@ -132,6 +135,7 @@ class ComfyMagics(Magics):
         except ComfyError as exc:
             raise UsageError(f"comfy_notebook could not apply ComfyMagics config: {render.scrub(str(exc))}") from None
         self._register_formatters()
+        self._formatters += catalog.register(self.shell, _top_level_text)
         self._ready = True
 
     def close(self) -> None:
@@ -181,6 +185,7 @@ class ComfyMagics(Magics):
             (display_formatter.mimebundle_formatter, Task, self._task_bundle),
             (html, Task, render.task_html),
             (plain, Task, _top_level_text(render.task_text)),
+            (display_formatter.mimebundle_formatter, Result, render.result_bundle),  # a static PNG beside the HTML
             (html, Result, render.result_html),
             (plain, Result, _top_level_text(render.result_text)),
         ]
@@ -222,7 +227,7 @@ class ComfyMagics(Magics):
 
     # -- %comfy -------------------------------------------------------------------------------------------------------
     @_magic(line_magic, "comfy")
-    def comfy_line(self, line: str) -> Result | Task | None:
+    def comfy_line(self, line: str) -> Result | Task | NodeListing | NodeInfo | ModelListing | None:
         """Manage the server pool and the lock; ``%comfy help`` lists the commands."""
         tokens = split_words(line, "%comfy")
         if not tokens:
@@ -266,9 +271,39 @@ class ComfyMagics(Magics):
             except ComfyError as exc:
                 raise UsageError(f"%comfy lock: {render.scrub(str(exc))}") from None
             _say(f"locked: {url}")
+        elif command in ("nodes", "node", "models"):
+            return self._catalog(command, args)
         else:
             raise UsageError(f"unknown %comfy command {command!r}: use {COMMANDS}")
         return None
+
+    @staticmethod
+    def _catalog(command: str, args: list[str]) -> NodeListing | NodeInfo | ModelListing:
+        """``%comfy nodes [FILTER]``, ``node NAME``, ``models [FOLDER]``, each with ``--server URL``: the answer is
+        the cell's value (a table; ``x = %comfy nodes sampler`` keeps it). Words after the command are one name."""
+        server = None
+        words = []
+        rest = iter(args)
+        for word in rest:
+            if word == "--server":
+                server = next(rest, None)
+                if server is None:
+                    raise UsageError(f"%comfy {command}: --server needs a URL")
+            elif word.startswith("--server="):
+                server = word.split("=", 1)[1]
+            else:
+                words.append(word)
+        text = " ".join(words) or None
+        if command == "node" and text is None:
+            raise UsageError("usage: %comfy node NAME [--server URL] (NAME as in %comfy nodes, e.g. KSampler)")
+        try:
+            if command == "nodes":
+                return api.nodes(text, server=server)
+            if command == "node":
+                return api.node(str(text), server=server)
+            return api.models(text, server=server)
+        except ComfyError as exc:
+            raise clean(exc) from None
 
     @staticmethod
     def _no_args(command: str, args: list[str]) -> None:
@@ -322,11 +357,13 @@ class ComfyMagics(Magics):
         body = cell or ""
         if options.file and body.strip():
             raise UsageError("%%comfy: give the workflow either in the cell or with -f FILE, not both")
+        # A UI-format workflow (as the ComfyUI page saves it) is converted with the target server's node types.
+        convert = functools.partial(api.to_api, server=options.server)
         if options.file:
-            workflow = load_workflow(Path(options.file).expanduser())
+            workflow = load_workflow(Path(options.file).expanduser(), convert=convert)
         elif body.strip():
             # A leading newline makes JSON line numbers match the cell's (line 1 is the %%comfy line).
-            workflow = parse_workflow("\n" + body, origin="the workflow in this cell")
+            workflow = parse_workflow("\n" + body, origin="the workflow in this cell", convert=convert)
         else:
             raise UsageError("%%comfy: the cell is empty: put an API-format workflow (JSON) in it, or use -f FILE")
         namespace = self.shell.user_ns if self.shell is not None else {}

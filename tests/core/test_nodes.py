@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from comfy_notebook.core.errors import ComfyError, ProtocolError
+from comfy_notebook.core.errors import ComfyError, NotFound, ProtocolError
 from comfy_notebook.core.listing import (
     FOLDER,
     MODEL,
@@ -25,7 +25,6 @@ from comfy_notebook.core.listing import (
 from comfy_notebook.core.nodes import (
     Catalog,
     NodeInfo,
-    NotFound,
     matches,
     parse_input,
     parse_names,

@@ -167,15 +167,33 @@ def test_empty_text() -> None:
 
 
 # -- shape ---------------------------------------------------------------------------------------------------------
-def test_ui_format_is_refused_with_export_instructions() -> None:
+def test_ui_format_without_a_converter_says_how_to_run_it() -> None:
     assert is_ui_format(UI_FORMAT)
     for source in (UI_FORMAT, json.dumps(UI_FORMAT)):
         with pytest.raises(WorkflowError) as info:
             load_workflow(source)
         message = str(info.value)
         assert "UI-format" in message
+        assert "cn.to_api(workflow)" in message and "cn.run" in message
         assert "Export (API)" in message
-        assert "Save (API Format)" in message
+
+
+def test_ui_format_goes_through_the_converter(tmp_path: Path) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def convert(ui: dict[str, Any]) -> dict[str, Any]:
+        seen.append(ui)
+        return {"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ui"}}}
+
+    path = tmp_path / "saved.json"
+    path.write_text(json.dumps(UI_FORMAT))
+    for source in (UI_FORMAT, json.dumps(UI_FORMAT), path, str(path)):
+        graph = load_workflow(source, convert=convert)
+        assert graph == {"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ui"}}}
+    assert len(seen) == 4 and all(is_ui_format(ui) for ui in seen)
+    # An API-format workflow never reaches it.
+    load_workflow(GRAPH, convert=convert)
+    assert len(seen) == 4
 
 
 def test_ui_format_file_is_refused(tmp_path: Path) -> None:

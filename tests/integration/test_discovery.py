@@ -23,9 +23,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from comfy_notebook import api
-from comfy_notebook.core.errors import ConfigError, ExecutionError, ServerUnavailable, ValidationError
+from comfy_notebook.core.errors import ConfigError, ExecutionError, NotFound, ServerUnavailable, ValidationError
 from comfy_notebook.core.listing import FOLDER, MODEL, NODE
-from comfy_notebook.core.nodes import NotFound
 from comfy_notebook.engine.engine import Engine
 from comfy_notebook.notebook import extension
 from comfy_notebook.tools.local_pool import LocalPool, PortInUseError, find_free_base_port

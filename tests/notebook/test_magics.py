@@ -403,10 +403,18 @@ def test_malformed_json_names_line_and_column(loaded: InteractiveShell, capsys) 
     assert "line 4, column 3" in out and "Traceback" not in out
 
 
-def test_ui_format_workflow_is_refused_with_a_hint(loaded: InteractiveShell, capsys) -> None:
-    outcome = cell(loaded, "", json.dumps({"nodes": [], "links": [], "version": 0.4}))
+def test_a_ui_format_cell_is_converted_with_the_servers_node_types(
+    loaded: InteractiveShell, fake: FakeComfy, capsys
+) -> None:
+    """The cell's UI-format workflow reaches the converter with the server's ``/object_info`` (the fake has no
+    ``Fancy`` node): a one-line error naming the server and the node, nothing queued. Real conversions run on real
+    servers (tests/integration/test_ui_workflows.py)."""
+    node = {"id": 7, "type": "Fancy", "mode": 0, "inputs": [], "outputs": [], "widgets_values": []}
+    outcome = cell(loaded, "", json.dumps({"nodes": [node], "links": [], "version": 0.4}))
     assert isinstance(outcome.error_in_exec, WorkflowError)
-    assert "Export (API)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"node types of {fake.url}" in out and "no node type Fancy (node #7)" in out
+    assert fake.history_ids == []
 
 
 def test_validation_error_shows_a_node_table(loaded: InteractiveShell, fake: FakeComfy, capsys) -> None:
