@@ -105,7 +105,7 @@ def check_common(nb: Any, urls: list[str]) -> None:
 def test_notebooks_are_saved_clean() -> None:
     """Committed notebooks carry no outputs or execution counts (they are run by the tests and `make demo`)."""
     names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
-    expected = ["many-tasks.ipynb", "pool.ipynb", "quickstart.ipynb", "recovering.ipynb"]
+    expected = ["many-tasks.ipynb", "pool.ipynb", "quickstart.ipynb", "recovering.ipynb", "workflows.ipynb"]
     assert names == expected, "a new notebook needs a test here"
     for name in names:
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -184,6 +184,40 @@ def test_pool(run: Callable[..., Any], real_pool: LocalPool) -> None:
 
     final = cells_starting(nb, "%comfy status")[-1]
     assert "mode: pool" in text(final) and "pending tasks: 0" in text(final)
+    assert text(cell(nb, "%comfy mode lock")).startswith("mode: lock")
+
+
+def test_workflows(run: Callable[..., Any], real_pool: LocalPool, tmp_path: Path) -> None:
+    """Local inputs, every output kind playing in its cell, a saved UI-format workflow run as it is, discovery."""
+    urls = real_pool.urls[:2]
+    nb = run("workflows.ipynb", COMFY_SERVERS=" ".join(urls))
+    errors = [o for c in code_cells(nb) for o in c.outputs if o.output_type == "error"]
+    assert not errors, [f"{e.ename}: {e.evalue}" for e in errors]
+
+    inverted = cell(nb, "%%comfy inverted <<")
+    assert one(rf"success on ({URL})", text(inverted)).group(1) in urls
+    assert '<img src="data:image/png;base64,' in html(inverted)
+    masked = text(cell(nb, "mask = Image.new"))
+    assert one(rf"^({URL}) \['mask_", masked).group(1) in urls
+    assert "image/png" in mimes(cell(nb, "mask = Image.new"))
+
+    animation = cell(nb, "%%comfy animation <<")
+    assert "data:image/gif;base64," in html(animation) and "<video" in html(animation)
+    assert "image/png" in mimes(animation), "no static picture for the saved notebook"
+    sound = cell(nb, "%%comfy sound <<")
+    assert "<audio" in html(sound) and "a 440 Hz tone" in html(sound)
+    listing = text(cell(nb, "for result in (animation, sound)"))
+    for expected in ("gifs", "image/gif", "video/mp4", "audio/wav", "texts: {'4': ['a 440 Hz tone']}"):
+        assert expected in listing, f"{expected!r} not in:\n{listing}"
+
+    converted = text(cell(nb, "api = cn.to_api"))
+    assert re.search(r"^\s+\d+:\d+\s+ImageBlend", converted, flags=re.MULTILINE), converted  # a flattened subgraph
+    saved = cell(nb, "%comfy saved << -f")
+    assert one(rf"success on ({URL})", text(saved)).group(1) in urls
+
+    assert "ImageBlend" in text(cell(nb, "%comfy nodes blend"))
+    assert "blend_factor" in text(cell(nb, "%comfy node ImageBlend"))
+    assert "checkpoints" in text(cell(nb, "%comfy models"))
     assert text(cell(nb, "%comfy mode lock")).startswith("mode: lock")
 
 
