@@ -61,3 +61,32 @@ def test_json_text_and_the_bulk_path_convert_too(engine: Engine) -> None:
     text = (WORKFLOWS / "widgets.json").read_text()
     tasks = engine.submit_many([text, ui("notes")])
     assert [t.result(timeout=120).status for t in tasks] == ["success", "success"]
+
+
+def test_a_cell_runs_a_ui_workflow_pasted_into_it(real_pool: LocalPool) -> None:
+    """``%%comfy`` with the page's saved JSON as its body; ``"$name"`` variables still work after the conversion
+    (here a widget value of the saved workflow)."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from comfy_notebook import api
+    from comfy_notebook.engine.task import Result
+    from comfy_notebook.notebook import extension
+    from tests.notebook.conftest import make_shell
+
+    saved = ui("notes")
+    empty = next(node for node in saved["nodes"] if node["type"] == "EmptyImage")
+    empty["widgets_values"] = [32, 24, 1, "$color"]
+    api.shutdown()
+    ip = make_shell()
+    try:
+        ip.run_line_magic("load_ext", "comfy_notebook")
+        ip.run_line_magic("comfy", f"servers {real_pool.urls[0]}")
+        ip.user_ns["color"] = 0x00FF00
+        result = ip.run_cell_magic("comfy", "", json.dumps(saved, indent=1))
+        assert isinstance(result, Result) and result.status == "success"
+        (image,) = result.images
+        assert image.size == (32, 24) and image.convert("RGB").getpixel((0, 0)) == (0, 255, 0)
+    finally:
+        extension.unload(ip)
+        InteractiveShell.clear_instance()
+        api.shutdown()
