@@ -36,7 +36,7 @@ def test_an_idle_server_takes_the_prompt_queued_behind_another(pool: Engine, fak
 def test_a_prompt_the_server_would_not_delete_stays_and_finishes_there(
     pool: Engine, fake: FakeComfy, fake2: FakeComfy
 ) -> None:
-    fake2.fail_http("/queue", 500, times=1)  # the delete is refused
+    fake2.fail_http("/queue", 500, times=1, method="POST")  # the delete is refused (a GET /queue must not use it up)
     tasks = four_on_two(pool, fake, fake2)
     for t in tasks[::2]:
         assert t.result(10).server == fake.url

@@ -244,7 +244,7 @@ class FakeComfy(ThreadedAiohttpServer):
         self.http_log: list[tuple[str, str]] = []  # (method, path_qs) of every HTTP request
         self.ws_connect_count = 0
         self._lock = threading.Lock()
-        self._http_faults: list[list[Any]] = []  # [prefix, status, times_left]
+        self._http_faults: list[list[Any]] = []  # [prefix, status, times_left, method or None]
         self._held = False
         self._files: dict[tuple[str, str, str], bytes] = {}  # (type, subfolder, filename); survives restarts
         self._save_counter = 0
@@ -288,11 +288,12 @@ class FakeComfy(ThreadedAiohttpServer):
         self._held = False
         self._call_soon(self._wake_worker)
 
-    def fail_http(self, path_prefix: str, status: int = 500, times: int = 1) -> None:
-        """The next `times` requests whose path (without `/api`) starts with `path_prefix` get `status`."""
+    def fail_http(self, path_prefix: str, status: int = 500, times: int = 1, *, method: str | None = None) -> None:
+        """The next `times` requests whose path (without `/api`) starts with `path_prefix` (and whose method is
+        `method`, when given) get `status`."""
         prefix = path_prefix[4:] if path_prefix.startswith("/api/") else path_prefix
         with self._lock:
-            self._http_faults.append([prefix, status, times])
+            self._http_faults.append([prefix, status, times, method])
 
     def close_sockets(self, code: int, reason: str = "") -> None:
         """Send a close frame with `code` on every open WebSocket."""
@@ -387,7 +388,7 @@ class FakeComfy(ThreadedAiohttpServer):
         status = None
         with self._lock:
             for rule in self._http_faults:
-                if rule[2] > 0 and path.startswith(rule[0]):
+                if rule[2] > 0 and path.startswith(rule[0]) and rule[3] in (None, request.method):
                     rule[2] -= 1
                     status = rule[1]
                     break
