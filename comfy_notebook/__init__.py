@@ -5,6 +5,7 @@
     result = cn.run(workflow)          # or: task = cn.submit(workflow); task.result()
     result.images, cn.get_status(), cn.reset()
     cn.nodes("sampler"), cn.node("KSampler"), cn.models("checkpoints")   # what the servers can run
+    sweep = cn.sweep(workflow, {"3.seed": range(4), "3.cfg": [5, 7]}).wait()   # sweep.results, sweep.save(dir)
 
 In IPython/Jupyter: ``%load_ext comfy_notebook``, then ``%comfy`` and ``%%comfy``.
 """
@@ -23,6 +24,7 @@ from comfy_notebook.api import (
     shutdown,
     submit,
     submit_many,
+    sweep,
     to_api,
 )
 from comfy_notebook.core.errors import (
@@ -47,6 +49,7 @@ from comfy_notebook.core.workflow import load_workflow
 from comfy_notebook.engine.engine import Engine, EngineOptions
 from comfy_notebook.engine.files import OutputFile
 from comfy_notebook.engine.http import HttpOptions
+from comfy_notebook.engine.sweep import Sweep, SweepPoint
 from comfy_notebook.engine.task import Result, Task
 
 __version__ = "0.1.0"
@@ -71,6 +74,8 @@ __all__ = [
     "Result",
     "ServerSpec",
     "ServerUnavailable",
+    "Sweep",
+    "SweepPoint",
     "Task",
     "Upload",
     "UploadError",
@@ -90,6 +95,7 @@ __all__ = [
     "shutdown",
     "submit",
     "submit_many",
+    "sweep",
     "to_api",
 ]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from comfy_notebook.core.listing import ModelListing, NodeListing
 from comfy_notebook.core.nodes import NodeInfo
 from comfy_notebook.core.workflow import Workflow
 from comfy_notebook.engine.engine import Engine, EngineOptions, ServerLike
+from comfy_notebook.engine.sweep import Sweep
 from comfy_notebook.engine.task import Result, Task
 
 
@@ -79,6 +80,21 @@ def submit_many(
 def run(workflow: Workflow | str | Path, *, server: ServerLike | None = None, timeout: float | None = None) -> Result:
     """Submit and wait: the ``Result``, or the prompt's error."""
     return get_engine().run(workflow, server=server, timeout=timeout)
+
+
+def sweep(
+    workflow: Workflow | str | Path,
+    over: Mapping[str, Iterable[Any]] | Iterable[tuple[str, Iterable[Any]]],
+    *,
+    zip: bool = False,  # the name users expect (``zip=True`` for paired lists)
+    server: ServerLike | None = None,
+    progress: bool = True,
+) -> Sweep:
+    """Run ``workflow`` over every combination of ``over`` (``{"3.seed": range(8), "KSampler.cfg": [5, 7]}``; keys
+    are ``node_id.input`` or ``title.input``/``class_type.input`` naming one node), or with ``zip=True`` the i-th
+    values together. Checked before anything is queued; returns the ``Sweep`` at once (``.wait()``, ``.results``,
+    ``.save(folder)``, ``.cancel()``). In pool mode the points spread over every server."""
+    return get_engine().sweep(workflow, over, zip=zip, server=server, progress=progress)
 
 
 def get_status() -> dict[str, Any]:

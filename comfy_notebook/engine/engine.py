@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from comfy_notebook.core.lock import ServerLock
 from comfy_notebook.core.nodes import NodeInfo
 from comfy_notebook.core.pool import Pool
 from comfy_notebook.core.servers import ServerSpec
+from comfy_notebook.core.sweep import plan as plan_sweep
 from comfy_notebook.core.ui import to_api as ui_to_api
 from comfy_notebook.core.workflow import Converter, Workflow, load_workflow
 from comfy_notebook.engine.control import Control
@@ -37,7 +39,8 @@ from comfy_notebook.engine.loop import LoopThread
 from comfy_notebook.engine.options import EngineOptions
 from comfy_notebook.engine.recovery import Recovery
 from comfy_notebook.engine.runtime import Runtime
-from comfy_notebook.engine.task import Result, Task
+from comfy_notebook.engine.sweep import Sweep
+from comfy_notebook.engine.task import WAITING, Result, Task
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,49 @@ class Engine:
         self, workflow: Workflow | str | Path, *, server: ServerLike | None = None, timeout: float | None = None
     ) -> Result:
         return self.submit(workflow, server=server).result(timeout)
+
+    def sweep(
+        self,
+        workflow: Workflow | str | Path,
+        over: Mapping[str, Iterable[Any]] | Iterable[tuple[str, Iterable[Any]]],
+        *,
+        zip: bool = False,  # the name users expect (``zip=True`` for paired lists)
+        server: ServerLike | None = None,
+        progress: bool = True,
+    ) -> Sweep:
+        """Run ``workflow`` once per point of ``over`` (``{"3.seed": range(8), "KSampler.cfg": [5, 7]}``: the
+        cartesian product, or with ``zip=True`` the i-th values together); returns at once with the ``Sweep``.
+
+        Every key and value is checked before anything is queued (``WorkflowError`` naming what exists). The points
+        go through ``submit_many``, so pool mode spreads them over every server as each has room; ``progress=True``
+        (the default) gives each prompt its progress events, for a live grid."""
+        spec = self._maybe_spec(server)
+        layout = plan_sweep(load_workflow(workflow, convert=self._converter(spec)), over, zip=zip)
+        started = time.time()
+        graphs = [layout.workflow_for(point) for point in layout.points]
+        tasks = self.submit_many(graphs, server=spec, progress=progress)
+        return Sweep(layout, tasks, self._cancel_many, started_at=started)
+
+    def _cancel_many(self, tasks: list[Task]) -> None:
+        """Cancel several tasks in one hop; each is settled at once, and the drops on the servers get
+        ``cancel_wait`` seconds in all (not each), so cancelling a large sweep returns quickly."""
+        # Waiting ones first: a slot freed by a cancelled running prompt must not start another point of it.
+        tasks = sorted(tasks, key=lambda task: task.status != WAITING)
+        if self._thread.in_loop_thread():
+            for task in tasks:
+                self._rt.spawn(self._control.cancel(task, "cancelled with its sweep"), f"cancelling {task.key}")
+        elif self._thread.alive:
+            wait = self.options.cancel_wait
+            future = self._thread.submit(self._cancel_briefly(tasks, wait))
+            with contextlib.suppress(concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+                future.result(timeout=wait + 0.5)
+
+    async def _cancel_briefly(self, tasks: list[Task], wait: float) -> None:
+        drops = [d for d in [await self._control.cancel(t, "cancelled with its sweep") for t in tasks] if d]
+        if drops:
+            work = asyncio.gather(*(asyncio.shield(d) for d in drops), return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(work, wait)
 
     def _cancel_from_thread(self, task: Task) -> None:
         """``Task.cancel()``: settles the task at once; the drop on the server goes on in the background. Never

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -25,6 +26,28 @@ from comfy_notebook.engine.files import Fetcher, FileStore, OutputFile
 PENDING, WAITING, QUEUED, RUNNING = "pending", "waiting", "queued", "running"
 SUCCESS, ERROR, INTERRUPTED, CANCELLED = "success", "error", "interrupted", "cancelled"
 FINISHED = frozenset({SUCCESS, ERROR, INTERRUPTED, CANCELLED})
+
+#: How a blocking wait passes the time: ``waiter(event, timeout)`` returns once ``event`` is set or ``timeout``
+#: seconds passed, and says whether it is set. The notebook extension installs one that keeps widget buttons
+#: answering while a cell blocks (``notebook/uipoll.py``); the engine itself knows nothing of kernels.
+Waiter = Callable[[threading.Event, float | None], bool]
+
+
+class _Waiting:
+    waiter: Waiter | None = None  # None: a plain ``event.wait``
+
+
+def set_waiter(waiter: Waiter | None) -> Waiter | None:
+    """Install how ``blocking_wait`` (so ``Task.result()``, ``Sweep.wait()``) passes the time; None restores the plain
+    wait. Returns the waiter it replaces."""
+    previous, _Waiting.waiter = _Waiting.waiter, waiter
+    return previous
+
+
+def blocking_wait(event: threading.Event, timeout: float | None = None) -> bool:
+    """Block until ``event`` is set or ``timeout`` seconds passed, through the installed waiter; True if it is set."""
+    waiter = _Waiting.waiter
+    return event.wait(timeout) if waiter is None else waiter(event, timeout)
 
 
 class Result:
@@ -152,9 +175,14 @@ class Task:
         return self._future.done()
 
     def result(self, timeout: float | None = None) -> Result:
-        """Wait for the result; raise the prompt's error (validation, execution, lost, cancelled)."""
+        """Wait for the result (through ``blocking_wait``); raise the prompt's error (validation, execution, lost,
+        cancelled)."""
+        if not self._future.done() and timeout != 0:
+            finished = threading.Event()
+            self._future.add_done_callback(lambda _future: finished.set())
+            blocking_wait(finished, timeout)
         try:
-            return self._future.result(timeout)
+            return self._future.result(0)
         except concurrent.futures.TimeoutError:
             raise TimeoutError(
                 f"prompt {self.prompt_id} on {self.server} did not finish within {timeout} s (it keeps running)"

@@ -4,6 +4,8 @@ IPython has no API to unregister magics, so ``unload`` removes them from the mag
 widget (ipywidgets keeps them alive until ``close()``), unregisters the formatters and stops the engine thread:
 three reloads leave exactly one ``comfy-notebook-io`` thread, an unload leaves none. The server pool (with its
 credentials, in memory only) and the mode are carried over to the next load, so ``%reload_ext`` forgets neither.
+While loaded, every blocking wait of the engine (``task.result()``, ``cn.run``, a sweep's ``wait()``) goes through
+``uipoll.ui_wait``, so widget buttons answer while a cell blocks.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from typing import Any
 
 from comfy_notebook import api
 from comfy_notebook.core.servers import ServerSpec
+from comfy_notebook.engine import task
 from comfy_notebook.notebook.magics import ComfyMagics
+from comfy_notebook.notebook.uipoll import ui_wait
 
 MAGIC_NAME = "comfy"
 
@@ -32,6 +36,7 @@ def load(ip: Any) -> None:
         unload(ip)
     magics = ComfyMagics(shell=ip)
     ip.register_magics(magics)
+    task.set_waiter(ui_wait)
     carried, _Carry.servers = _Carry.servers, None
     carried_mode, _Carry.mode = _Carry.mode, None
     try:
@@ -57,6 +62,9 @@ def unload(ip: Any) -> None:
             del manager.magics[kind][MAGIC_NAME]
     if isinstance(magics, ComfyMagics):
         magics.close()
+    previous = task.set_waiter(None)
+    if previous is not ui_wait:  # someone else's waiter: leave it in place
+        task.set_waiter(previous)
     ip.configurables[:] = [c for c in ip.configurables if not isinstance(c, ComfyMagics)]
     engine = api._Shared.engine  # the running engine only: unloading must never start one
     if engine is not None and not engine.closed:

@@ -1,7 +1,8 @@
-"""``%comfy`` (pool, status panel, reset, lock) and ``%%comfy`` (run a workflow cell).
+"""``%comfy`` (pool, status panel, reset, lock) and ``%%comfy`` (run a workflow cell, or a sweep over it).
 
 The magics translate cells into ``comfy_notebook.api`` / engine calls and own the notebook-side UI state (the one
-status panel, the progress widgets, the display formatters), so unloading the extension can close all of it.
+status panel, the progress widgets, the sweep grids, the display formatters), so unloading the extension can close
+all of it.
 User errors end the cell as failed with a short rendering (``_render_traceback_``), never a long traceback.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 import functools
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -26,11 +26,21 @@ from comfy_notebook.core.listing import ModelListing, NodeListing
 from comfy_notebook.core.nodes import NodeInfo
 from comfy_notebook.core.workflow import Workflow, load_workflow, parse_workflow, substitute
 from comfy_notebook.engine.options import MODES
+from comfy_notebook.engine.sweep import Sweep
 from comfy_notebook.engine.task import Result, Task
-from comfy_notebook.notebook import catalog, render
+from comfy_notebook.notebook import catalog, render, sweepcell, sweepview
+from comfy_notebook.notebook.grid import SweepGrid
 from comfy_notebook.notebook.panel import StatusPanel
 from comfy_notebook.notebook.progress import ProgressWidget
-from comfy_notebook.notebook.syntax import COMMANDS, HELP, CellOptions, parse_cell_line, split_words
+from comfy_notebook.notebook.syntax import (
+    COMMANDS,
+    HELP,
+    CellOptions,
+    parse_catalog_args,
+    parse_cell_line,
+    split_words,
+)
+from comfy_notebook.notebook.uipoll import ui_wait
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -45,7 +55,6 @@ def _display(obj: Any, **kwargs: Any) -> None:
 
 
 # -- clean errors -----------------------------------------------------------------------------------------------------
-_WAIT_SLICE = 0.1
 _RED, _RESET = "\x1b[0;31m", "\x1b[0m"
 
 
@@ -102,6 +111,7 @@ class ComfyMagics(Magics):
     ).tag(config=True)
     progress_interval = Float(0.15, help="seconds between progress widget refreshes").tag(config=True)
     panel_interval = Float(1.0, help="seconds between status panel refreshes").tag(config=True)
+    grid_interval = Float(0.25, help="seconds between sweep grid refreshes").tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         self._ready = False  # @observe handlers run during construction: apply config only once started
@@ -109,6 +119,7 @@ class ComfyMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self.panel: StatusPanel | None = None
         self.progress_widgets: list[ProgressWidget] = []
+        self.grids: list[SweepGrid] = []
         self._ui_lock = threading.Lock()
         self._formatters: list[tuple[Any, type]] = []
 
@@ -144,10 +155,13 @@ class ComfyMagics(Magics):
         with self._ui_lock:
             panel, self.panel = self.panel, None
             progress, self.progress_widgets = self.progress_widgets, []
+            grids, self.grids = self.grids, []
         if panel is not None:
             panel.close()
         for widget in progress:
             widget.close()
+        for grid in grids:
+            grid.close()
         for formatter, cls in self._formatters:
             formatter.pop(cls, None)
         self._formatters = []
@@ -188,6 +202,9 @@ class ComfyMagics(Magics):
             (display_formatter.mimebundle_formatter, Result, render.result_bundle),  # a static PNG beside the HTML
             (html, Result, render.result_html),
             (plain, Result, _top_level_text(render.result_text)),
+            (display_formatter.mimebundle_formatter, Sweep, self._sweep_bundle),
+            (html, Sweep, lambda sweep: sweepview.sweep_html(sweep, sweepview.Thumbs())),
+            (plain, Sweep, _top_level_text(sweepview.sweep_text)),
         ]
         for formatter, cls, fn in registrations:
             formatter.for_type(cls, fn)
@@ -204,6 +221,13 @@ class ComfyMagics(Magics):
         with self._ui_lock:
             self.progress_widgets.append(widget)
         return widget
+
+    def grid_for(self, sweep: Sweep) -> SweepGrid:
+        """A live grid for ``sweep``, tracked so unloading closes it."""
+        grid = SweepGrid(sweep, api.get_engine(), interval=self.grid_interval)
+        with self._ui_lock:
+            self.grids.append(grid)
+        return grid
 
     def status_panel(self) -> StatusPanel:
         """THE panel of this kernel, created on first use (again if the engine was shut down meanwhile)."""
@@ -225,9 +249,15 @@ class ComfyMagics(Magics):
             return None
         return self.progress_for(task)._repr_mimebundle_()
 
+    def _sweep_bundle(self, sweep: Sweep) -> dict[str, Any] | None:
+        """Displaying a Sweep in a kernel shows its live grid; elsewhere the static grid."""
+        if not self._ready or not self.use_widgets():
+            return None
+        return self.grid_for(sweep)._repr_mimebundle_()
+
     # -- %comfy -------------------------------------------------------------------------------------------------------
     @_magic(line_magic, "comfy")
-    def comfy_line(self, line: str) -> Result | Task | NodeListing | NodeInfo | ModelListing | None:
+    def comfy_line(self, line: str) -> Result | Task | Sweep | NodeListing | NodeInfo | ModelListing | None:
         """Manage the server pool and the lock; ``%comfy help`` lists the commands."""
         tokens = split_words(line, "%comfy")
         if not tokens:
@@ -279,23 +309,9 @@ class ComfyMagics(Magics):
 
     @staticmethod
     def _catalog(command: str, args: list[str]) -> NodeListing | NodeInfo | ModelListing:
-        """``%comfy nodes [FILTER]``, ``node NAME``, ``models [FOLDER]``, each with ``--server URL``: the answer is
-        the cell's value (a table; ``x = %comfy nodes sampler`` keeps it). Words after the command are one name."""
-        server = None
-        words = []
-        rest = iter(args)
-        for word in rest:
-            if word == "--server":
-                server = next(rest, None)
-                if server is None:
-                    raise UsageError(f"%comfy {command}: --server needs a URL")
-            elif word.startswith("--server="):
-                server = word.split("=", 1)[1]
-            else:
-                words.append(word)
-        text = " ".join(words) or None
-        if command == "node" and text is None:
-            raise UsageError("usage: %comfy node NAME [--server URL] (NAME as in %comfy nodes, e.g. KSampler)")
+        """``%comfy nodes [FILTER]``, ``node NAME``, ``models [FOLDER]``: the answer is the cell's value (a table;
+        ``x = %comfy nodes sampler`` keeps it)."""
+        text, server = parse_catalog_args(command, args)
         try:
             if command == "nodes":
                 return api.nodes(text, server=server)
@@ -313,13 +329,15 @@ class ComfyMagics(Magics):
     # -- %%comfy ------------------------------------------------------------------------------------------------------
     @no_var_expand
     @_magic(cell_magic, "comfy")
-    def comfy_cell(self, line: str, cell: str) -> Result | Task | None:
+    def comfy_cell(self, line: str, cell: str) -> Result | Task | Sweep | None:
         """Run the workflow in the cell (JSON, API format) and wait for its images; see ``%comfy help``."""
         return self.run(line, cell)
 
-    def run(self, line: str, cell: str) -> Result | Task | None:
+    def run(self, line: str, cell: str) -> Result | Task | Sweep | None:
         """Submit, show progress, wait (unless ``--no-wait``), store or return the outcome."""
         options = parse_cell_line(line)
+        if options.is_sweep:
+            return self.run_sweep(options, cell)
         try:
             workflow = self._workflow(options, cell)
             task = api.submit(workflow, server=options.server)
@@ -337,6 +355,8 @@ class ComfyMagics(Magics):
             if widget is not None:
                 handle = display(widget, display_id=True)  # type: ignore[no-untyped-call]
             result = self._wait(task, options.timeout if options.timeout is not None else self.default_timeout)
+            if widget is not None:
+                widget.collapse()  # the Result below says "success, server, elapsed": once, not twice
         except KeyboardInterrupt:  # the kernel's stop button: cancel this prompt only, end the cell cleanly
             task.cancel()
             what = "had already finished" if task.status == "success" else "was cancelled"
@@ -352,6 +372,21 @@ class ComfyMagics(Magics):
         self.shell.user_ns[options.target] = result  # type: ignore[union-attr]
         _display(result)
         return None
+
+    def run_sweep(self, options: CellOptions, cell: str) -> Sweep | None:
+        """A sweep cell (``sweepcell.run``): the live grid, the wait, the static grid; errors as one short line."""
+        namespace = self.shell.user_ns if self.shell is not None else {}
+        timeout = options.timeout if options.timeout is not None else self.default_timeout
+        try:
+            return sweepcell.run(
+                options,
+                lambda: self._workflow(options, cell),
+                namespace,
+                self.grid_for if self.use_widgets() else None,
+                timeout,
+            )
+        except (ComfyError, TimeoutError) as exc:
+            raise clean(exc) from None
 
     def _workflow(self, options: CellOptions, cell: str) -> Workflow:
         body = cell or ""
@@ -371,18 +406,17 @@ class ComfyMagics(Magics):
 
     @staticmethod
     def _wait(task: Task, timeout: float | None) -> Result:
-        """Block until the task is done; the timeout cancels this prompt only."""
+        """Block until the task is done; the timeout cancels this prompt only.
+
+        Widget clicks are answered meanwhile (a Cancel button, the panel's Reset), nothing else a user typed runs
+        (``uipoll.ui_wait``); the kernel's stop button raises ``KeyboardInterrupt`` here as before."""
         finished = threading.Event()
         task.add_done_callback(lambda _task: finished.set())
-        deadline = None if timeout is None else time.monotonic() + timeout
-        # Short slices: an interrupt that is not a real signal (``_thread.interrupt_main``, as ipykernel does on
-        # Windows) is only noticed when this thread runs Python code again.
-        while not finished.wait(_WAIT_SLICE if deadline is None else min(_WAIT_SLICE, deadline - time.monotonic())):
-            if deadline is not None and time.monotonic() >= deadline:
-                task.cancel()
-                where = render.task_where(task)
-                message = f"prompt {task.prompt_id} {where} did not finish within {timeout:g} s; it was cancelled"
-                raise clean(TimeoutError(message)) from None
+        if not ui_wait(finished, timeout):
+            task.cancel()
+            where = render.task_where(task)
+            message = f"prompt {task.prompt_id} {where} did not finish within {timeout:g} s; it was cancelled"
+            raise clean(TimeoutError(message)) from None
         try:
             return task.result(0)
         except ComfyError as exc:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from comfy_notebook.core.errors import ComfyError, ExecutionError, ValidationError, WorkflowError
-from comfy_notebook.notebook import media
+from comfy_notebook.notebook import media, theme
 
 if TYPE_CHECKING:
     from comfy_notebook.engine.task import Result, Task
@@ -158,20 +158,30 @@ def status_text(status: Mapping[str, Any]) -> str:
 
 
 def status_html(status: Mapping[str, Any]) -> str:
-    """The status as HTML for the panel; stable for equal input so the panel can skip unchanged writes."""
+    """The status as HTML for the panel: the mode, the lock and the connection as badges, then one table row per
+    server; stable for equal input so the panel can skip unchanged writes."""
     mode = status.get("mode")
-    pieces = [f'<b class="comfy-mode comfy-mode-{esc(mode)}">mode: {esc(mode)}</b>'] if mode else []
+    locked = status.get("locked_server")
+    connected = bool(status.get("is_connected"))
+    pieces = (
+        [theme.wrap_badge(f'<b class="comfy-mode comfy-mode-{esc(mode)}">mode: {esc(mode)}</b>', "busy",
+                          title=MODE_HINTS.get(str(mode), ""))]
+        if mode
+        else []
+    )  # fmt: skip
     pieces += [
-        f'<b class="comfy-locked">{esc(_locked_line(status))}</b>',
+        theme.wrap_badge(f'<b class="comfy-locked">{esc(_locked_line(status))}</b>', "info" if locked else "neutral"),
         f'<span class="comfy-lock-age">lock age: {esc(_lock_age(status))}</span>',
-        f'<span class="comfy-connected">connected: {"yes" if status.get("is_connected") else "no"}</span>',
+        theme.badge(f"connected: {'yes' if connected else 'no'}", "ok" if connected else "neutral", "comfy-connected"),
         f'<span class="comfy-connection">connection: {esc(status.get("connection_state", "?"))}</span>',
     ]
     pieces += [f'<span class="{css}">{esc(text)}</span>' for css, text in _queue_facts(status)]
-    summary = f'<div class="comfy-status-summary">{" &middot; ".join(pieces)}</div>'
+    flex = "display:flex;flex-wrap:wrap;align-items:center;gap:4px 12px"
+    summary = f'<div class="comfy-status-summary" style="{flex}">{"".join(pieces)}</div>'
     servers: Sequence[Mapping[str, Any]] = status.get("servers") or ()
     if not servers:
-        return summary + '<div class="comfy-no-servers">no servers: <code>%comfy servers URL ...</code></div>'
+        body = '<div class="comfy-no-servers">no servers: <code>%comfy servers URL ...</code></div>'
+        return f'<div class="comfy-status" style="{theme.box_style()}">{summary}{body}</div>'
     columns = _counters(servers)
     titles = [
         ("server", ""),
@@ -184,19 +194,21 @@ def status_html(status: Mapping[str, Any]) -> str:
     head = "".join(f'<th title="{esc(tip)}">{esc(t)}</th>' if tip else f"<th>{esc(t)}</th>" for t, tip in titles)
     rows = []
     for entry in servers:
-        locked = entry.get("locked")
+        locked_here = entry.get("locked")
         cells = (
-            public_url(entry.get("url")) + (" (locked)" if locked else ""),
+            public_url(entry.get("url")) + (" (locked)" if locked_here else ""),
             _health(entry),
             *(entry.get(key) or 0 for key, _, _ in columns),
             entry.get("connection_state", "?"),
             _affinity(entry),
             _error(entry),
         )
-        css = "comfy-server-row comfy-server-locked" if locked else "comfy-server-row"
+        css = "comfy-server-row" + (" comfy-server-locked" if locked_here else "")
+        css += "" if entry.get("healthy", True) else " comfy-server-down"  # the health dot's colour (theme.py)
         rows.append(f'<tr class="{css}">' + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     table = f'<table class="comfy-status-servers"><tr>{head}</tr>{"".join(rows)}</table>'
-    return summary + table
+    style = theme.table_css("comfy-status-servers")
+    return f'<div class="comfy-status" style="{theme.box_style()}">{style}{summary}{table}</div>'
 
 
 def servers_text(status: Mapping[str, Any]) -> str:
@@ -253,7 +265,7 @@ def _task_parts(task: Task, *, precise: bool) -> list[tuple[str, str]]:
         parts.append(("comfy-moved", scrub(task.moved)))
     if task.done() and len(task.attempts) > 1:
         parts.append(("comfy-attempts", f"{len(task.attempts)} attempts"))
-    if task.error is not None and task.status != "success":
+    if task.error is not None and task.status not in ("success", "cancelled"):  # the badge says "cancelled"
         parts.append(("comfy-error", first_line(scrub(str(task.error)))))
     parts.append(("comfy-elapsed", f"elapsed: {format_duration(task.elapsed, precise=precise)}"))
     return parts
@@ -264,10 +276,17 @@ def task_text(task: Task) -> str:
     return f"comfy prompt {task.prompt_id}: " + " | ".join(text for _, text in _task_parts(task, precise=done))
 
 
+_DOT = " &middot; "
+
+
 def task_html(task: Task) -> str:
-    """The progress widget's text line (and a Task's static HTML)."""
-    spans = (f'<span class="{css}">{esc(text)}</span>' for css, text in _task_parts(task, precise=task.done()))
-    return f'<div class="comfy-task">{" &middot; ".join(spans)}</div>'
+    """The progress widget's text line (and a Task's static HTML): the state as a coloured badge, then the facts."""
+    (state_css, state), *facts = _task_parts(task, precise=task.done())
+    spans = [theme.badge(state, theme.state_tone(task.status), state_css)]
+    for css, text in facts:
+        color = f' style="color:{theme.TONES["error"][0]}"' if css == "comfy-error" else ""
+        spans.append(f'<span class="{css}"{color}>{esc(text)}</span>')
+    return f'<div class="comfy-task" style="{theme.box_style(padding="2px 0")}">{_DOT.join(spans)}</div>'
 
 
 def bar_style(status: str) -> str:
@@ -303,10 +322,10 @@ def result_html(result: Result, *, max_images: int = MAX_INLINE_IMAGES) -> str:
             pieces.append(media.file_line(file, f"not fetched: {first_line(scrub(problem))}"))
         else:
             pieces.append(media.file_line(file, f"not served by {public_url(result.server)}"))
+    state = theme.badge(result.status, theme.state_tone(result.status), f"comfy-state comfy-state-{result.status}")
     summary = (
-        f'<div class="comfy-result-summary"><b class="comfy-state comfy-state-{esc(result.status)}">'
-        f"{esc(result.status)}</b> &middot; server: {esc(public_url(result.server))} &middot; prompt: "
-        f"<code>{esc(result.prompt_id)}</code> &middot; {esc(media.counts(result))} &middot; "
+        f'<div class="comfy-result-summary">{state} &middot; server: {esc(public_url(result.server))} &middot; '
+        f"prompt: <code>{esc(result.prompt_id)}</code> &middot; {esc(media.counts(result))} &middot; "
         f"{esc(format_duration(result.elapsed, precise=True))}</div>"
     )
     skipped = len(budget.skipped)
@@ -316,7 +335,7 @@ def result_html(result: Result, *, max_images: int = MAX_INLINE_IMAGES) -> str:
         else ""
     )
     body = f'<div class="comfy-result-images">{"".join(pieces)}</div>{media.texts_html(result)}'
-    return f'<div class="comfy-result">{summary}{body}{more}</div>'
+    return f'<div class="comfy-result" style="{theme.box_style()}">{summary}{body}{more}</div>'
 
 
 def result_bundle(result: Result) -> dict[str, str] | None:

@@ -39,11 +39,29 @@ HELP = """\
     --timeout S   give up after S seconds (the prompt is cancelled)
     --no-wait     return the Task at once; its progress keeps updating in the cell
     A JSON string value that is exactly "$name" is replaced by the notebook variable name
-    (a lookup, never evaluated); write "$$name" for a literal "$name"."""
+    (a lookup, never evaluated); write "$$name" for a literal "$name".
+
+%%comfy [NAME <<] --over KEY=V1,V2,... [--over ...] [--zip] [--sweep VAR] [options]
+<API-format workflow JSON>
+    A sweep: the workflow once per combination of the values (cn.sweep); a live grid shows
+    every point (rows x columns for two axes) and the cell waits for all of them.
+    --over KEY=VALUES  KEY is node.input: 3.seed, KSampler.seed (a title or class type naming
+                  one node); VALUES are comma-separated JSON values or plain strings
+                  (3.seed=1,2,3  6.text="a cat","a dog"  sampler=euler,dpmpp_2m), or integer
+                  ranges: 0..7 (both ends) or range(0, 100, 25); quote the whole option
+                  when a value has spaces: --over '6.text=a red fox,a blue bird'
+    --sweep VAR   the axes from the notebook dict VAR ({"3.seed": range(8), ...})
+    --zip         pair the i-th values of every axis instead of every combination
+    NAME <<       store the Sweep (sweep.results, sweep.dataframe(), sweep.save(folder))
+    One failing point never fails the cell; Cancel on the grid (or interrupting the kernel)
+    cancels every point not finished yet."""
 
 
 COMMANDS = "servers, mode, status, reset, lock, nodes, node, models or help"
-CELL_USAGE = "%%comfy [NAME <<] [-f FILE] [--server URL] [--timeout SECONDS] [--no-wait]"
+CELL_USAGE = (
+    "%%comfy [NAME <<] [-f FILE] [--server URL] [--timeout SECONDS] [--no-wait] "
+    "[--over KEY=V1,V2 ...] [--sweep VAR] [--zip]"
+)
 
 
 # -- parsing ----------------------------------------------------------------------------------------------------------
@@ -72,6 +90,9 @@ _CELL_PARSER.add_argument("-f", "--file", dest="file")
 _CELL_PARSER.add_argument("--server")
 _CELL_PARSER.add_argument("--timeout", type=_positive)
 _CELL_PARSER.add_argument("--no-wait", dest="no_wait", action="store_true")
+_CELL_PARSER.add_argument("--over", action="append", default=[])
+_CELL_PARSER.add_argument("--sweep", dest="sweep_var")
+_CELL_PARSER.add_argument("--zip", action="store_true")
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,15 @@ class CellOptions:
     server: str | None = None
     timeout: float | None = None
     no_wait: bool = False
+    #: ``--over KEY=V1,V2`` as written, in order (parsed by ``core.sweep.parse_over`` when the cell runs).
+    over: tuple[str, ...] = ()
+    #: ``--sweep VAR``: a notebook variable holding ``{key: values}``.
+    sweep_var: str | None = None
+    zip: bool = False
+
+    @property
+    def is_sweep(self) -> bool:
+        return bool(self.over) or self.sweep_var is not None
 
 
 def split_words(line: str, who: str) -> list[str]:
@@ -103,4 +133,34 @@ def parse_cell_line(line: str) -> CellOptions:
     if any("<<" in token for token in tokens):
         raise UsageError(f"%%comfy: the target goes first, as in '%%comfy result <<' (usage: {CELL_USAGE})")
     args = _CELL_PARSER.parse_args(tokens)
-    return CellOptions(target, args.file, args.server, args.timeout, args.no_wait)
+    options = CellOptions(
+        target, args.file, args.server, args.timeout, args.no_wait, tuple(args.over), args.sweep_var, args.zip
+    )
+    if options.sweep_var is not None and not options.sweep_var.isidentifier():
+        raise UsageError(f"%%comfy: --sweep takes the name of a notebook variable, not {options.sweep_var!r}")
+    if options.zip and not options.is_sweep:
+        raise UsageError("%%comfy: --zip pairs the values of a sweep: give the axes with --over or --sweep")
+    for over in options.over:
+        if "=" not in over or not over.partition("=")[0].strip():
+            raise UsageError(f"%%comfy: --over takes KEY=V1,V2,... (e.g. --over 3.seed=1,2,3), not {over!r}")
+    return options
+
+
+def parse_catalog_args(command: str, args: list[str]) -> tuple[str | None, str | None]:
+    """``%comfy nodes|node|models [WORDS] [--server URL]`` -> (the words as one name or filter, the server)."""
+    server = None
+    words = []
+    rest = iter(args)
+    for word in rest:
+        if word == "--server":
+            server = next(rest, None)
+            if server is None:
+                raise UsageError(f"%comfy {command}: --server needs a URL")
+        elif word.startswith("--server="):
+            server = word.split("=", 1)[1]
+        else:
+            words.append(word)
+    text = " ".join(words) or None
+    if command == "node" and text is None:
+        raise UsageError("usage: %comfy node NAME [--server URL] (NAME as in %comfy nodes, e.g. KSampler)")
+    return text, server

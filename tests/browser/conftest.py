@@ -225,3 +225,68 @@ def page(browser: Any) -> Iterator[Any]:
 def screenshots() -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     return SCREENSHOTS
+
+
+# -- Jupyter Notebook 7 -------------------------------------------------------------------------------------------
+def start_notebook7(base: Path) -> Lab:
+    """Start ``jupyter notebook`` (Notebook 7) like ``start_lab``: private folders, a token, loopback, news off.
+
+    The returned ``Lab`` has the same fields; open a notebook at ``notebook7_url(server, name)``."""
+    dirs = {name: base / name for name in ("root", "config", "runtime", "workspaces", "settings", "ipython")}
+    for path in dirs.values():
+        path.mkdir(parents=True, exist_ok=True)
+    notification = dirs["settings"] / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notification.parent.mkdir(parents=True, exist_ok=True)
+    notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}), encoding="utf-8")
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(dirs["config"]),
+        "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
+        "IPYTHONDIR": str(dirs["ipython"]),
+    }
+    env.pop("COMFY_SERVERS", None)
+    token = secrets.token_hex(16)
+    log = base / "jupyter-notebook.log"
+    jupyter_notebook = Path(sys.executable).with_name("jupyter-notebook")
+    for _attempt in range(3):
+        port = _free_port()
+        command = [
+            str(jupyter_notebook), "--no-browser", "--allow-root",
+            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={dirs['root']}",
+            f"--JupyterNotebookApp.workspaces_dir={dirs['workspaces']}",
+            f"--JupyterNotebookApp.user_settings_dir={dirs['settings']}",
+        ]  # fmt: skip
+        with log.open("ab") as fh:
+            proc = subprocess.Popen(
+                command, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        server = Lab(proc, f"http://127.0.0.1:{port}", token, dirs["root"], dirs["runtime"], log)
+        deadline = time.monotonic() + LAB_START_TIMEOUT
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                server.api("GET", "/api/status", timeout=1.0)
+                return server
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.2)  # polling the server's readiness, bounded by the deadline
+        if proc.poll() is None:
+            stop_lab(server)
+            raise RuntimeError(f"jupyter-notebook did not answer in {LAB_START_TIMEOUT:.0f} s:\n{_log_tail(log)}")
+        if "already in use" not in _log_tail(log):
+            raise RuntimeError(f"jupyter-notebook exited with code {proc.returncode}:\n{_log_tail(log)}")
+    raise RuntimeError(f"jupyter-notebook found no free port:\n{_log_tail(log)}")
+
+
+def notebook7_url(server: Lab, notebook: str) -> str:
+    return f"{server.url}/notebooks/{notebook}?token={server.token}"
+
+
+@pytest.fixture
+def notebook7(tmp_path: Path) -> Iterator[Lab]:
+    """A fresh Jupyter Notebook 7 server on loopback, stopped by PID (its kernels first) at the end."""
+    server = start_notebook7(tmp_path / "notebook7")
+    try:
+        yield server
+    finally:
+        strays = stop_lab(server)
+    assert not strays, f"kernels outlived Jupyter Notebook (killed now): {strays}"

@@ -105,7 +105,14 @@ def check_common(nb: Any, urls: list[str]) -> None:
 def test_notebooks_are_saved_clean() -> None:
     """Committed notebooks carry no outputs or execution counts (they are run by the tests and `make demo`)."""
     names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
-    expected = ["many-tasks.ipynb", "pool.ipynb", "quickstart.ipynb", "recovering.ipynb", "workflows.ipynb"]
+    expected = [
+        "many-tasks.ipynb",
+        "pool.ipynb",
+        "quickstart.ipynb",
+        "recovering.ipynb",
+        "sweeps.ipynb",
+        "workflows.ipynb",
+    ]
     assert names == expected, "a new notebook needs a test here"
     for name in names:
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -273,3 +280,54 @@ def test_recovering_run_by_hand_kills_nothing(run: Callable[..., Any], pool_inta
     assert text(cell(nb, 'if killed is not None:\n    print("restarted')).strip() == "nothing to restart"
     assert [(s.pid, s.answering) for s in pool_intact.status()] == before
     assert all(answering for _, answering in before)
+
+
+def test_sweeps(run: Callable[..., Any], real_pool: LocalPool, tmp_path: Path) -> None:
+    """A 4 x 3 sweep cell over two real servers in pool mode: the saved static grid (a table of 12 thumbnails, each
+    clickable to full size, row and column headers the swept values), the work spread over both servers, the sweep's
+    results, table and files; a zipped sweep from Python where one point fails alone, shown as a gallery."""
+    urls = real_pool.urls[:2]
+    nb = run("sweeps.ipynb", COMFY_SERVERS=" ".join(urls))
+    errors = [o for c in code_cells(nb) for o in c.outputs if o.output_type == "error"]
+    assert not errors, [f"{e.ename}: {e.evalue}" for e in errors]
+
+    grid = cell(nb, "%%comfy blends <<")
+    (shown,) = grid.outputs  # the live grid, updated in place to its final static snapshot
+    assert WIDGET_VIEW in shown.data
+    static = shown.data["text/html"]
+    table = one(r'<table class="comfy-sweep-table">(.*)</table>', static).group(1)
+    rows = re.findall(r"<tr>(.*?)</tr>", table, flags=re.DOTALL)
+    assert re.findall(r"<th>([^<]*)</th>", rows[0]) == ["0.25", "0.5", "1.0"]
+    assert [re.findall(r"<th>([^<]*)</th>", row) for row in rows[1:]] == [
+        ["normal"], ["multiply"], ["screen"], ["difference"]
+    ]  # fmt: skip
+    assert [row.count('<img class="comfy-thumb" src="data:image/') for row in rows[1:]] == [3, 3, 3, 3]
+    assert static.count('<details class="comfy-zoom">') == 12 and static.count('class="comfy-full"') == 12
+    assert "12/12 done" in static and static.count("comfy-state-success") == 12
+    summary = text(grid)
+    ran = {url: int(n) for url, n in re.findall(rf"({URL}) (\d+)", summary.splitlines()[0])}
+    assert summary.startswith("comfy sweep 4x3: 12/12 done (12 success); by server: ")
+    assert set(ran) == set(urls) and sum(ran.values()) == 12, f"the sweep did not use both servers: {ran}"
+
+    held = text(cell(nb, "print(blends)"))
+    assert held.startswith("<Sweep 12 points (4x3) success=12 ")
+    assert "12 results, 0 errors" in held
+    assert "{'3.blend_mode': 'normal', '3.blend_factor': 0.25} -> http://127.0.0.1:" in held
+    frame = text(cell(nb, "try:\n    table = blends.dataframe()"))
+    assert len(re.findall(rf"^\s*\d+\s+\w+\s+[\d.]+\s+success\s+{URL}$", frame, flags=re.MULTILINE)) == 12
+    files = text(cell(nb, "import tempfile"))
+    assert files.startswith("12 files in ") and "  blend_mode=difference_blend_factor=0.25.png" in files
+
+    api_cell = cell(nb, "workflow = {")
+    assert "{'SlowSteps.steps': 0, 'EmptyImage.width': 80} failed: ValidationError" in text(api_cell)
+    gallery = html(api_cell)
+    assert 'class="comfy-sweep-gallery"' in gallery and "<table" not in gallery.split("</style>", 2)[-1]
+    labels = re.findall(r'<div class="comfy-tile-label"[^>]*>([^<]*)</div>', gallery)
+    assert labels == ["steps=2, width=64", "steps=0, width=80", "steps=3, width=96"]
+    assert gallery.count("comfy-state-success") == 2 and gallery.count("comfy-state-error") == 1
+    assert gallery.count('<img class="comfy-thumb"') == 2
+    assert "SlowSteps steps: Value 0 smaller than min of 1</div>" in gallery  # the refused input, not a generic line
+
+    # nbconvert's page keeps the static grids (no widget views that need a kernel).
+    page = (tmp_path / "out" / "sweeps.html").read_text(encoding="utf-8")
+    assert page.count('class="comfy-thumb" src="data:image/') == 12 + 2 and WIDGET_VIEW not in page

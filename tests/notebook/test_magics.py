@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import _thread
 import json
+import re
 import socket
 import threading
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
+from PIL import Image
 from traitlets.config import Config
 
 from comfy_notebook import api
@@ -280,8 +282,8 @@ def test_target_stores_the_result_and_the_summary_is_displayed_once(loaded: Inte
     assert result.prompt_id in fake.history_ids and len(result.files) == 1
     widget_out, summary = [out for out in captured.outputs if not out.update]
     assert WIDGET_MIME in widget_out.data
-    (final,) = [out for out in captured.outputs if out.update]  # the saved fallback shows the outcome
-    assert "success" in final.data["text/plain"] and WIDGET_MIME in final.data
+    (final,) = [out for out in captured.outputs if out.update]  # the saved fallback: the widget has collapsed,
+    assert WIDGET_MIME in final.data and final.data["text/plain"] == final.data["text/html"] == ""  # said once below
     assert '<img src="data:image/png;base64,' in summary.data["text/html"]
     assert summary.data["text/plain"].startswith(f"comfy prompt {result.prompt_id}: success on {fake.url}")
 
@@ -305,7 +307,8 @@ def test_progress_widget_ends_full_with_server_and_hides_the_preview_once_images
     (widget,) = magics_of(loaded).progress_widgets
     assert CSS_BOX in widget.box._dom_classes
     assert widget.bar.value == widget.bar.max and widget.bar.bar_style == "success"
-    assert "success" in widget.text.value and f"server: {fake.url}" in widget.text.value
+    # The Result below says "success, server, elapsed": the widget hides rather than say it a second time.
+    assert widget.box.layout.display == "none" and widget.text.value == ""
     assert widget.preview.value and widget.preview.layout.display == "none"
 
 
@@ -474,7 +477,9 @@ def test_kernel_interrupt_cancels_only_this_prompt(loaded: InteractiveShell, fak
     interrupter.join()
     assert isinstance(outcome.error_in_exec, Cancelled) and "r" not in loaded.user_ns
     (prompt_id,) = fake.posted_prompt_ids
-    assert fake.deleted_from_queue == [prompt_id]
+    # The interrupt may land while the POST's answer is on its way: the drop then follows that answer, after the
+    # cell has already ended (the task is settled at once; the server is told in the background).
+    wait_until(lambda: fake.deleted_from_queue == [prompt_id], timeout=5)
     assert None not in fake.interrupt_requests  # targeted: never a global interrupt
     out = capsys.readouterr().out
     assert f"interrupted: prompt {prompt_id} on {fake.url} was cancelled" in out and "Traceback" not in out
@@ -524,3 +529,168 @@ def test_plain_text_of_tasks_and_results(loaded: InteractiveShell, fake: FakeCom
     plain = loaded.display_formatter.formatters["text/plain"]
     assert plain(result).startswith(f"comfy prompt {result.prompt_id}: success on {fake.url}")
     assert plain([result]) == f"[{result!r}]"  # inside a container: the short repr
+
+
+# -- sweeps (the grid itself: test_grid.py) ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("s << --over 3.seed=1,2,3", CellOptions(target="s", over=("3.seed=1,2,3",))),
+        (
+            "s << --over 3.seed=1,2 --over KSampler.cfg=5,7.5 --zip --timeout 9",
+            CellOptions(target="s", timeout=9.0, over=("3.seed=1,2", "KSampler.cfg=5,7.5"), zip=True),
+        ),
+        ("--over '6.text=a red fox,a cat'", CellOptions(over=("6.text=a red fox,a cat",))),
+        ("s << --sweep axes --no-wait", CellOptions(target="s", no_wait=True, sweep_var="axes")),
+    ],
+)
+def test_sweep_cell_lines(line: str, expected: CellOptions) -> None:
+    options = parse_cell_line(line)
+    assert options == expected and options.is_sweep
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("s << --zip", "--zip pairs the values of a sweep"),
+        ("s << --over 3.seed", r"--over takes KEY=V1,V2,... \(e.g. --over 3.seed=1,2,3\), not '3.seed'"),
+        ("s << --over =1,2", "--over takes KEY=V1,V2"),
+        ("s << --sweep 1x", "--sweep takes the name of a notebook variable"),
+        ("s << --over", "expected one argument"),
+    ],
+)
+def test_bad_sweep_lines_are_one_line_usage_errors(line: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as info:
+        parse_cell_line(line)
+    assert "\n" not in str(info.value)
+
+
+def test_help_shows_the_sweep_syntax() -> None:
+    assert "--over KEY=V1,V2,..." in HELP and "--sweep VAR" in HELP and "--zip" in HELP
+
+
+def test_a_sweep_over_a_dict_variable_and_ranges(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    loaded.user_ns["axes"] = {"1.width": range(8, 10)}
+    loaded.user_ns["tag"] = "from a variable"
+    with capture_output():
+        outcome = cell(loaded, "s << --sweep axes --over 1.height=1..3", graph(width=1, height=1, label="$tag"))
+    assert outcome.success and outcome.result is None
+    sweep = loaded.user_ns["s"]
+    assert [point.params for point in sweep.points][:2] == [
+        {"1.width": 8, "1.height": 1},
+        {"1.width": 8, "1.height": 2},
+    ]
+    sent = [fake.history(p.task.prompt_id)["prompt"][2]["1"]["inputs"] for p in sweep.points]
+    assert [(i["width"], i["height"]) for i in sent] == [(w, h) for w in (8, 9) for h in (1, 2, 3)]
+    assert {i["label"] for i in sent} == {"from a variable"}  # "$name" substitution, as for one prompt
+
+
+def test_zipped_sweep_pairs_the_values(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    with capture_output():
+        assert cell(loaded, "s << --over 1.width=8,16 --over 1.height=4,5 --zip", graph(width=1, height=1)).success
+    assert [p.params for p in loaded.user_ns["s"].points] == [
+        {"1.width": 8, "1.height": 4},
+        {"1.width": 16, "1.height": 5},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "error", "message"),
+    [
+        ("s << --over 1.width=1,,2", WorkflowError, "has an empty value"),
+        ("s << --over 1.width=8,16 --over 1.height=1 --zip", WorkflowError, "they need equal lengths"),
+        ("s << --over 1.depth=1,2", WorkflowError, "node 1 (EmptyImage) has no input 'depth'; its inputs: height"),
+        ("s << --sweep nowhere", UsageError, "--sweep nowhere: no notebook variable of that name"),
+        ("s << --sweep tag", UsageError, "must name a dict of axes"),
+    ],
+)
+def test_sweep_mistakes_fail_the_cell_with_one_line_and_queue_nothing(
+    loaded: InteractiveShell, fake: FakeComfy, capsys, *, line: str, error: type, message: str
+) -> None:
+    loaded.user_ns["tag"] = "not a dict"
+    outcome = cell(loaded, line, graph(width=1, height=1))
+    assert isinstance(outcome.error_in_exec, error)
+    out = capsys.readouterr()
+    assert message in out.out + out.err and "Traceback" not in out.out + out.err
+    assert "s" not in loaded.user_ns and fake.posted_prompt_ids == []
+
+
+def test_kernel_interrupt_cancels_the_whole_sweep(loaded: InteractiveShell, fake: FakeComfy, capsys) -> None:
+    fake.hold()
+    # Once the sweep is submitted (``s`` is set right after): an interrupt during the submission is another case.
+    submitted = lambda: "s" in loaded.user_ns and len(fake.pending_prompt_ids) == 3  # noqa: E731
+    interrupter = threading.Thread(target=lambda: (wait_until(submitted, timeout=10), _thread.interrupt_main()))
+    interrupter.start()
+    with capture_output() as captured:
+        outcome = cell(loaded, "s << --over 1.width=1,2,3")
+    interrupter.join()
+    assert isinstance(outcome.error_in_exec, Cancelled)
+    assert "interrupted: 3 of 3 sweep points cancelled\n" in captured.stdout
+    sweep = loaded.user_ns["s"]
+    assert [p.status for p in sweep.points] == ["cancelled"] * 3
+    wait_until(lambda: sorted(fake.deleted_from_queue) == sorted(fake.posted_prompt_ids), timeout=5)
+    assert None not in fake.interrupt_requests  # targeted: never a global interrupt
+
+
+def test_a_sweep_timeout_cancels_what_is_left(loaded: InteractiveShell, fake: FakeComfy, capsys) -> None:
+    fake.hold()
+    outcome = cell(loaded, "s << --over 1.width=1,2 --timeout 0.3")
+    assert isinstance(outcome.error_in_exec, TimeoutError)
+    assert "the sweep did not finish within 0.3 s: 2 of 2 points were cancelled" in capsys.readouterr().out
+    assert [p.status for p in loaded.user_ns["s"].points] == ["cancelled", "cancelled"]
+
+
+def test_no_wait_sweep_is_the_cell_value_with_its_live_grid(loaded: InteractiveShell, fake: FakeComfy) -> None:
+    with capture_output() as captured:
+        outcome = cell(loaded, "--over 1.width=8,16")
+    sweep = outcome.result
+    assert sweep is None  # blocking without a target: the grid is shown, nothing is returned twice
+    assert len([out for out in captured.outputs if not out.update]) == 1
+    with capture_output() as captured:
+        outcome = cell(loaded, "--no-wait --over 1.width=8,16")
+    assert outcome.success and outcome.result.wait(20).done() and captured.outputs == []  # Out[n] shows the grid
+    assert magics_of(loaded).grids[-1].sweep is outcome.result
+
+
+def test_cancel_on_the_progress_widget_ends_the_cell_with_a_short_cancelled_message(
+    loaded: InteractiveShell, fake: FakeComfy, capsys
+) -> None:
+    fake.hold()  # the prompt stays queued, so the cell blocks until the click
+
+    def click() -> None:  # what the Cancel button does when clicked while the cell waits
+        wait_until(lambda: bool(fake.pending_prompt_ids) and bool(magics_of(loaded).progress_widgets), timeout=10)
+        (widget,) = magics_of(loaded).progress_widgets
+        assert widget.cancel_button.description == "Cancel" and widget.cancel_button.layout.display != "none"
+        widget.cancel_button.click()
+
+    clicker = threading.Thread(target=click)
+    clicker.start()
+    outcome = cell(loaded, "r <<")
+    clicker.join()
+    assert isinstance(outcome.error_in_exec, Cancelled) and "r" not in loaded.user_ns
+    (prompt_id,) = fake.posted_prompt_ids
+    out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # the error name is red
+    assert f"\nCancelled: prompt {prompt_id} on {fake.url} was cancelled\n" in out and "Traceback" not in out
+    wait_until(lambda: fake.deleted_from_queue == [prompt_id], timeout=5)  # gone from its server's queue
+    assert None not in fake.interrupt_requests
+    (widget,) = magics_of(loaded).progress_widgets
+    assert widget.cancel_button.layout.display == "none" and "comfy-state-cancelled" in widget.text.value
+    assert widget.box.layout.display != "none"  # a cancelled prompt's widget stays: no Result follows
+
+
+def test_a_sweep_cell_uploads_a_variable_once_per_server_and_reads_files(
+    loaded: InteractiveShell, fake: FakeComfy, tmp_path: Path
+) -> None:
+    """The body goes the single-prompt way ("$photo" holding a PIL image is an upload); the line form takes -f."""
+    loaded.user_ns["photo"] = Image.new("RGB", (3, 3), (5, 6, 7))
+    with capture_output():
+        assert cell(loaded, "s << --over 1.width=8,16", graph(width=1, source="$photo")).success
+    sweep = loaded.user_ns["s"]
+    sources = {fake.history(p.task.prompt_id)["prompt"][2]["1"]["inputs"]["source"] for p in sweep.points}
+    ((kind, _subfolder, name),) = fake.uploads  # the same bytes: uploaded once to the server that ran both
+    assert kind == "input" and sources == {name}
+    path = tmp_path / "flow.json"
+    path.write_text(graph(width=1))
+    with capture_output():
+        assert loaded.run_cell(f"%comfy f << -f {path} --over 1.width=2,3").success
+    assert [p.status for p in loaded.user_ns["f"].points] == ["success", "success"]

@@ -11,6 +11,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from PIL import Image
 
+from comfy_notebook import api
 from comfy_notebook.core.errors import (
     ExecutionError,
     InputError,
@@ -23,6 +24,7 @@ from comfy_notebook.core.failover import Attempt
 from comfy_notebook.core.outputs import FileRef, file_refs
 from comfy_notebook.engine.task import Progress, Result, Task
 from comfy_notebook.notebook import media, render
+from comfy_notebook.notebook.progress import ProgressWidget
 
 A, B = "http://10.0.0.1:8188", "http://10.0.0.2:8188"
 
@@ -105,10 +107,11 @@ def pool_status(**extra: object) -> dict:
 
 
 def server_rows(html: str) -> list[dict[str, str]]:
-    """The panel's server table as one dict per row: column title -> cell text."""
+    """The panel's server table as one dict per row: column title -> cell text (badges read as their text)."""
     titles = re.findall(r"<th[^>]*>(.*?)</th>", html)
     rows = re.findall(r'<tr class="comfy-server-row[^"]*">(.*?)</tr>', html)
-    return [dict(zip(titles, re.findall(r"<td>(.*?)</td>", row), strict=True)) for row in rows]
+    cells = [[re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<td>(.*?)</td>", row)] for row in rows]
+    return [dict(zip(titles, row, strict=True)) for row in cells]
 
 
 def test_status_html_in_pool_mode_shows_the_mode_the_waiting_prompts_and_per_server_counters() -> None:
@@ -220,7 +223,8 @@ def test_task_html_while_queued_shows_server_and_queue_position() -> None:
 def test_task_waiting_in_the_client_side_queue_has_a_position_and_no_server() -> None:
     task = make_task(status="waiting", queue_position=0)
     html = render.task_html(task)
-    assert '<span class="comfy-state comfy-state-waiting">waiting for a server (position 1)</span>' in html
+    badge = r'<span class="comfy-badge comfy-state comfy-state-waiting" style="[^"]*">([^<]*)</span>'
+    assert re.findall(badge, html) == ["waiting for a server (position 1)"]  # the state, as a coloured badge
     assert "server:" not in html and "queue:" not in html and " on " not in html
     assert "waiting for a server (position 3)" in render.task_text(make_task(status="waiting", queue_position=2))
     assert render.task_where(task) == "(waiting for a server)"
@@ -471,3 +475,65 @@ def test_a_displayed_result_carries_html_text_and_the_static_png(loaded: Interac
     assert set(data) == {"text/plain", "text/html", "image/png"}
     assert data["text/html"] == render.result_html(every_kind())
     assert data["image/png"] == render.result_bundle(every_kind())["image/png"]  # type: ignore[index]
+
+
+# -- looks: JupyterLab's theme variables, badges, no repetition -------------------------------------------------------
+def test_states_are_coloured_badges_in_jupyterlab_theme_colours_with_fallbacks() -> None:
+    expected = {
+        "waiting": "rgba(127, 127, 127, 0.2)",
+        "queued": "var(--jp-info-color1, #0097a7)",
+        "running": "var(--jp-brand-color1, #1976d2)",
+        "success": "var(--jp-success-color1, #388e3c)",
+        "error": "var(--jp-error-color1, #d32f2f)",
+        "cancelled": "var(--jp-warn-color1, #f57c00)",
+    }
+    for status_, background in expected.items():
+        html = render.task_html(make_task(status=status_, server=A))
+        (style,) = re.findall(rf'<span class="comfy-badge comfy-state comfy-state-{status_}" style="([^"]*)"', html)
+        assert f"background:{background}" in style and "border-radius" in style
+    assert "color:var(--jp-ui-font-color1, inherit)" in render.task_html(make_task(status="running"))
+
+
+def test_the_panel_uses_badges_theme_variables_and_marks_a_down_server() -> None:
+    html = render.status_html(status())
+    assert re.search(r'<span class="comfy-badge"[^>]*><b class="comfy-locked">locked: [^<]*</b></span>', html)
+    assert '<span class="comfy-badge comfy-connected"' in html
+    style = re.findall(r"<style>(.*?)</style>", html)[0]
+    assert "var(--jp-border-color2," in style and "var(--jp-layout-color2," in style
+    assert "table.comfy-status-servers.comfy-status-servers td{" in style  # outranks JupyterLab's own td rule
+    rows = re.findall(r'<tr class="([^"]*)">', html)
+    assert rows == ["comfy-server-row comfy-server-locked", "comfy-server-row comfy-server-down"]
+
+
+def test_the_result_summary_leads_with_its_state_badge() -> None:
+    html = render.result_html(make_result(1))
+    summary = re.findall(r'<div class="comfy-result-summary">(.*?)</div>', html)[0]
+    assert summary.startswith('<span class="comfy-badge comfy-state comfy-state-success"')
+    assert "var(--jp-success-color1," in summary
+
+
+def test_a_collapsed_progress_widget_says_only_where_a_failover_moved_the_prompt() -> None:
+    """A blocking cell collapses its progress widget once the Result is shown below it: nothing is said twice."""
+    plain = make_task(server=A)
+    plain._finish(make_result(1))
+    moved = make_task(server=B, moved=f"moved from {A} to {B}: {A} stopped answering")
+    moved.attempts = [Attempt(A, "p-0", "lost", "stopped answering"), Attempt(B, "p-1", "success")]
+    moved._finish(make_result(1))
+    engine = api.get_engine()
+    widgets = [ProgressWidget(task, engine) for task in (plain, moved)]
+    try:
+        for widget in widgets:
+            assert "success" in widget.text.value and widget.box.layout.display != "none"
+            widget.collapse()
+        quiet, noted = widgets
+        assert quiet.box.layout.display == "none" and quiet.text.value == ""
+        assert quiet._repr_mimebundle_()["text/html"] == quiet._repr_mimebundle_()["text/plain"] == ""
+        assert noted.box.layout.display != "none" and noted.row.layout.display == "none"
+        assert "success" not in noted.text.value and f"moved from {A} to {B}" in noted.text.value
+        assert "(2 attempts)" in noted.text.value
+        assert (
+            noted._repr_mimebundle_()["text/plain"] == f"comfy prompt p-1: moved from {A} to {B}: {A} stopped answering"
+        )
+    finally:
+        for widget in widgets:
+            widget.close()
