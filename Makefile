@@ -3,7 +3,7 @@
 #   make test   - every test tier (unit, fake-server faults, real ComfyUI servers and balancers), provisioning it all
 #   make check  - the fast tier: lint, types, unit and fake-server tests (under a minute; 4 workers: they mostly wait)
 #   make bench  - latency and throughput vs the floor; pool makespan and failover on 4 real servers; 64 simulated;
-#                 latency through real load balancers vs direct
+#                 latency through real load balancers vs direct; a 12-point sweep over two servers vs the ideal
 #   make lab    - JupyterLab on notebooks/ with a local pool of two real ComfyUI servers; Ctrl-C stops both
 PY      ?= python3
 VENV    := .venv
@@ -55,6 +55,7 @@ bench: env balancers
 	$(BIN)/python bench/pool.py --json out/bench-pool.json
 	$(BIN)/python bench/pool_sim.py --json out/bench-sim.json
 	$(BIN)/python bench/balancer.py --json out/bench-balancer.json
+	$(BIN)/python bench/sweep.py --json out/bench-sweep.json
 
 demo: env
 	$(BIN)/python examples/run_demo.py
