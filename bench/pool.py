@@ -13,8 +13,9 @@ nodes, so the ``SlowSteps`` node sleeps ``step_seconds / speed``: the 2 CPU core
    strategy once, in an order rotated by r), every run on fresh prompts (distinct colors, the same durations for
    every strategy of a round), an empty history and ComfyUI's periodic garbage collection staggered over the
    servers just before, as on separate machines (see ``stagger_gc``; ``--gc align`` makes all four collect
-   together, ``--gc none`` leaves the timers where they are); medians reported. Targets: pool <= 1.05x ideal (equal), <= 1.07x (half-speed). Each ratio is
-   split into ``balance`` (the routing's share) x ``overhead`` (server time beyond the sleeps), see ``decompose``.
+   together, ``--gc none`` leaves the timers where they are); medians reported. Targets: pool <= 1.05x ideal
+   (equal), <= 1.07x (half-speed). Each ratio is split into ``balance`` (the routing's share) x ``overhead``
+   (server time beyond the sleeps), see ``decompose``.
 2. Failover on the equal pool, pool mode, a steady stream of prompts: ``--kills`` SIGKILLs (one server at a time,
    restarted on the same port before the next kill), each timed from the kill to the moment every prompt that was
    on the killed server has been sent to another one (its last attempt names another server), task state polled
