@@ -102,6 +102,12 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 
 def start_lab(base: Path) -> Lab:
     """Start jupyter-lab with private folders and a token; return once ``/api/status`` answers 200."""
+    return _start_jupyter(base, "jupyter-lab", "LabApp")
+
+
+def _start_jupyter(base: Path, program: str, app: str) -> Lab:
+    """Start a Jupyter server (``jupyter-lab``, or ``jupyter-notebook`` for Notebook 7, whose settings class is
+    ``app``) on loopback with private folders, a token and news off; return once ``/api/status`` answers 200."""
     dirs = {name: base / name for name in ("root", "config", "runtime", "workspaces", "settings", "ipython")}
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
@@ -116,15 +122,15 @@ def start_lab(base: Path) -> Lab:
     }
     env.pop("COMFY_SERVERS", None)  # the test notebook names its servers itself
     token = secrets.token_hex(16)
-    log = base / "jupyter-lab.log"
-    jupyter_lab = Path(sys.executable).with_name("jupyter-lab")
+    log = base / f"{program}.log"
+    executable = Path(sys.executable).with_name(program)
     for _attempt in range(3):
         port = _free_port()
         command = [
-            str(jupyter_lab), "--no-browser", "--allow-root",
+            str(executable), "--no-browser", "--allow-root",
             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={dirs['root']}",
-            f"--LabApp.workspaces_dir={dirs['workspaces']}", f"--LabApp.user_settings_dir={dirs['settings']}",
+            f"--{app}.workspaces_dir={dirs['workspaces']}", f"--{app}.user_settings_dir={dirs['settings']}",
         ]  # fmt: skip
         with log.open("ab") as fh:
             proc = subprocess.Popen(
@@ -140,10 +146,10 @@ def start_lab(base: Path) -> Lab:
                 time.sleep(0.2)  # polling the server's readiness, bounded by the deadline
         if proc.poll() is None:
             stop_lab(lab)
-            raise RuntimeError(f"jupyter-lab did not answer in {LAB_START_TIMEOUT:.0f} s:\n{_log_tail(log)}")
+            raise RuntimeError(f"{program} did not answer in {LAB_START_TIMEOUT:.0f} s:\n{_log_tail(log)}")
         if "already in use" not in _log_tail(log):  # lost a port race: try another port, else give up
-            raise RuntimeError(f"jupyter-lab exited with code {proc.returncode}:\n{_log_tail(log)}")
-    raise RuntimeError(f"jupyter-lab found no free port:\n{_log_tail(log)}")
+            raise RuntimeError(f"{program} exited with code {proc.returncode}:\n{_log_tail(log)}")
+    raise RuntimeError(f"{program} found no free port:\n{_log_tail(log)}")
 
 
 def _kernels_of(runtime_dir: Path) -> list[int]:
@@ -232,49 +238,7 @@ def start_notebook7(base: Path) -> Lab:
     """Start ``jupyter notebook`` (Notebook 7) like ``start_lab``: private folders, a token, loopback, news off.
 
     The returned ``Lab`` has the same fields; open a notebook at ``notebook7_url(server, name)``."""
-    dirs = {name: base / name for name in ("root", "config", "runtime", "workspaces", "settings", "ipython")}
-    for path in dirs.values():
-        path.mkdir(parents=True, exist_ok=True)
-    notification = dirs["settings"] / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    notification.parent.mkdir(parents=True, exist_ok=True)
-    notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}), encoding="utf-8")
-    env = {
-        **os.environ,
-        "JUPYTER_CONFIG_DIR": str(dirs["config"]),
-        "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
-        "IPYTHONDIR": str(dirs["ipython"]),
-    }
-    env.pop("COMFY_SERVERS", None)
-    token = secrets.token_hex(16)
-    log = base / "jupyter-notebook.log"
-    jupyter_notebook = Path(sys.executable).with_name("jupyter-notebook")
-    for _attempt in range(3):
-        port = _free_port()
-        command = [
-            str(jupyter_notebook), "--no-browser", "--allow-root",
-            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={dirs['root']}",
-            f"--JupyterNotebookApp.workspaces_dir={dirs['workspaces']}",
-            f"--JupyterNotebookApp.user_settings_dir={dirs['settings']}",
-        ]  # fmt: skip
-        with log.open("ab") as fh:
-            proc = subprocess.Popen(
-                command, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        server = Lab(proc, f"http://127.0.0.1:{port}", token, dirs["root"], dirs["runtime"], log)
-        deadline = time.monotonic() + LAB_START_TIMEOUT
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                server.api("GET", "/api/status", timeout=1.0)
-                return server
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.2)  # polling the server's readiness, bounded by the deadline
-        if proc.poll() is None:
-            stop_lab(server)
-            raise RuntimeError(f"jupyter-notebook did not answer in {LAB_START_TIMEOUT:.0f} s:\n{_log_tail(log)}")
-        if "already in use" not in _log_tail(log):
-            raise RuntimeError(f"jupyter-notebook exited with code {proc.returncode}:\n{_log_tail(log)}")
-    raise RuntimeError(f"jupyter-notebook found no free port:\n{_log_tail(log)}")
+    return _start_jupyter(base, "jupyter-notebook", "JupyterNotebookApp")
 
 
 def notebook7_url(server: Lab, notebook: str) -> str:
