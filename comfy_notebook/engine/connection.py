@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -23,7 +23,7 @@ from websockets.frames import Close
 from websockets.protocol import State
 
 from comfy_notebook.core.affinity import Affinity
-from comfy_notebook.core.errors import ServerUnavailable, describe
+from comfy_notebook.core.errors import ComfyError, ServerUnavailable, describe
 from comfy_notebook.core.lock import ConnectionState
 from comfy_notebook.core.protocol import Event, HistoryEntry, new_id, parse_binary, parse_text
 from comfy_notebook.core.servers import ServerSpec
@@ -83,6 +83,10 @@ class Flight:
     #: This attempt's prompt id (a retry gets a fresh one, so a late finish of the old one is told apart).
     prompt_id: str = ""
     backends: int = 0  # the connection's backend changes when the prompt was posted (see ``core.affinity``)
+    #: The task running this attempt while it waits on the server (its POST, its finish, its result), and why it
+    #: was stopped there: a request to a server we gave up on is abandoned, not left to its HTTP timeout.
+    driver: asyncio.Task[Any] | None = None
+    aborted: ComfyError | None = None
 
     def __post_init__(self) -> None:
         self.prompt_id = self.prompt_id or self.task.prompt_id

@@ -200,10 +200,23 @@ class Dispatcher:
         return self.new_flight(task, self.route_for(trip.explicit, trip.avoid), trip.quiet)
 
     async def attempt(self, flight: Flight, attempt: Attempt, explicit: bool) -> Result:
-        """One try: socket, POST, the finish, the result (or the prompt's error)."""
-        task = flight.task
+        """One try: socket, POST, the finish, the result (or the prompt's error). Once the socket is open, the
+        attempt can be stopped wherever it waits on the server (``Recovery.abort``): it then raises why."""
         conn = await self.open_for(flight, attempt, explicit)
         attempt.outcome = failover.RUNNING
+        flight.driver = driver = asyncio.current_task()
+        try:
+            return await self._on_server(flight, conn)
+        except asyncio.CancelledError:
+            if flight.aborted is None or driver is None:
+                raise
+            driver.uncancel()
+            raise flight.aborted from None
+        finally:
+            flight.driver = None
+
+    async def _on_server(self, flight: Flight, conn: ServerConnection) -> Result:
+        task = flight.task
         flight.posting = True
         try:
             await self.post(flight, conn)

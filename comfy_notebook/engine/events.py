@@ -97,5 +97,5 @@ class Events:
                 why = f"{detail}, " if detail else ""
                 log.warning("WebSocket to %s closed abnormally (%s%s)", server, why, code or "no close frame")
                 rt.pool.mark_failed(server, f"WebSocket closed abnormally ({why}{code or 1006})")
-            if any(f.posted and not f.task.done() for f in conn.flights.values()):
+            if any((f.posted or f.posting) and not f.task.done() for f in conn.flights.values()):
                 self.recovery.socket_lost(conn, hung=detail == "ping timeout")

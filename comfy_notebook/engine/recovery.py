@@ -39,12 +39,10 @@ class Recovery:
     def socket_lost(self, conn: ServerConnection, hung: bool) -> None:
         """The socket of a server holding prompts of ours closed abnormally (``hung``: our pings went
         unanswered)."""
-        if not self.rt.live_flights(conn):
-            return
         if hung and self.rt.others_available(conn.server):
             self.lose_all(conn, f"{conn.server} stopped answering (no reply to pings)", "stopped answering")
-            return
-        self.rt.spawn(self.recover(conn), f"recovering {conn.server}")
+        elif self.rt.live_flights(conn):
+            self.rt.spawn(self.recover(conn), f"recovering {conn.server}")
 
     async def recover(self, conn: ServerConnection) -> None:
         """Reconnect and reconcile every in-flight prompt."""
@@ -71,8 +69,26 @@ class Recovery:
             conn.recovering = False
 
     def lose_all(self, conn: ServerConnection, why: str, short: str) -> None:
-        for flight in self.rt.live_flights(conn):
-            self.lose(flight, conn.server, f"prompt {flight.prompt_id} is lost: {why}", short)
+        """Every prompt of ours on a server we give up on is lost, including one whose POST or result read is
+        still on its way there (a hung server answers neither before the HTTP timeout)."""
+        for flight in list(conn.flights.values()):
+            message = f"prompt {flight.prompt_id} is lost: {why}"
+            if flight.posted and not flight.done.done():
+                self.lose(flight, conn.server, message, short)
+            elif flight.posting or _finished(flight):
+                lost = PromptLost(message, server=conn.server, prompt_id=flight.prompt_id, why=short)
+                self.abort(flight, conn.server, lost)
+
+    def abort(self, flight: Flight, server: str, exc: ComfyError) -> None:
+        """Stop an attempt that waits on ``server`` for its POST's answer or its result. A POST on its way may have
+        queued the prompt there: if the server finishes it after all, that is a counted duplicate."""
+        driver = flight.driver
+        if driver is None or driver.done() or driver is asyncio.current_task() or flight.aborted is not None:
+            return
+        if flight.posting:
+            self.rt.ghost(server, flight.prompt_id, flight.task)
+        flight.aborted = exc
+        driver.cancel()
 
     def lose(self, flight: Flight, server: str, message: str, short: str) -> None:
         if not flight.done.done():
@@ -234,3 +250,9 @@ class Recovery:
             log.debug("prompts left on %s cannot be checked yet: %s", server, exc.message)
         if not ghosts:
             rt.ghosts.pop(server, None)
+
+
+def _finished(flight: Flight) -> bool:
+    """The server reported this attempt finished (its result may still be on its way to us)."""
+    done = flight.done
+    return done.done() and not done.cancelled() and done.exception() is None

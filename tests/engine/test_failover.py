@@ -13,6 +13,7 @@ import pytest
 from comfy_notebook.core.errors import ExecutionError, PromptLost, ValidationError
 from comfy_notebook.core.failover import Limits
 from comfy_notebook.engine.engine import Engine
+from comfy_notebook.engine.http import HttpOptions
 from tests.engine.conftest import FAST, workflow
 from tests.fakes.fake_comfy import FakeComfy, wait_until
 from tests.workflows import raising_workflow
@@ -105,6 +106,38 @@ def test_a_hung_server_loses_its_prompt_to_another_and_a_late_finish_is_a_counte
     assert task.duplicates == 1 and task.result(0) is result  # counted, never returned twice
     by_url = {s["url"]: s for s in retrying.get_status()["servers"]}
     assert by_url[hung.url]["duplicates"] == 1
+
+
+@pytest.mark.parametrize(
+    "fault", [("POST", "/prompt", "its POST is on its way"), ("GET", "/history/", "its result is being read")]
+)
+def test_a_server_that_hangs_while_a_request_is_on_its_way_loses_the_prompt_at_once(
+    mode: str, fake: FakeComfy, fake2: FakeComfy, fault: tuple[str, str, str]
+) -> None:
+    """A request to a hung server would wait for the HTTP timeout (30 s here); once the pings say the server hangs,
+    the prompt moves on, and the late answer after the thaw is a counted duplicate."""
+    method, path, phase = fault
+    options = dataclasses.replace(RETRYING, mode=mode, http=HttpOptions(timeout=30.0, connect_timeout=2.0))
+    eng = Engine([fake.url, fake2.url], options)
+    try:
+        for server in (fake, fake2):
+            server.freeze_on(path, method=method)
+        task = eng.submit(workflow(steps=1))
+        wait_until(lambda: fake.frozen or fake2.frozen, 5)
+        hung, other = (fake, fake2) if fake.frozen else (fake2, fake)
+        other.disarm()
+        old_id, start = task.prompt_id, time.monotonic()
+        result = task.result(8)  # pings: 0.5 s apart, 1 s to answer, 0.5 s to close
+        assert time.monotonic() - start < 5.0, f"{phase}: waited for the HTTP timeout"
+        assert result.status == "success" and result.server == other.url
+        assert outcomes(task) == [(hung.url, "lost"), (other.url, "success")]
+        assert task.attempts[0].reason == "stopped answering"
+        hung.thaw()  # it answers the request now, and has the prompt (queued, or finished already)
+        wait_until(lambda: eng.get_status()["duplicates"] == 1, 10)
+        assert old_id in hung.history_ids
+        assert task.duplicates == 1 and task.result(0) is result
+    finally:
+        eng.close()
 
 
 def test_a_failed_post_is_sent_to_another_server(retrying: Engine, fake: FakeComfy, fake2: FakeComfy) -> None:

@@ -245,6 +245,7 @@ class FakeComfy(ThreadedAiohttpServer):
         self.ws_connect_count = 0
         self._lock = threading.Lock()
         self._http_faults: list[list[Any]] = []  # [prefix, status, times_left, method or None]
+        self._freeze_faults: list[tuple[str, str | None]] = []  # (prefix, method or None), each used once
         self._held = False
         self._files: dict[tuple[str, str, str], bytes] = {}  # (type, subfolder, filename); survives restarts
         self._save_counter = 0
@@ -294,6 +295,20 @@ class FakeComfy(ThreadedAiohttpServer):
         prefix = path_prefix[4:] if path_prefix.startswith("/api/") else path_prefix
         with self._lock:
             self._http_faults.append([prefix, status, times, method])
+
+    def freeze_on(self, path_prefix: str, *, method: str | None = None) -> None:
+        """SIGSTOP at the worst moment: the next request whose path (without `/api`) starts with `path_prefix` (and
+        whose method is `method`, when given) freezes the server as it arrives, as `freeze()` does, until `thaw()`;
+        then it is answered."""
+        prefix = path_prefix[4:] if path_prefix.startswith("/api/") else path_prefix
+        with self._lock:
+            self._freeze_faults.append((prefix, method))
+
+    def disarm(self) -> None:
+        """Forget every fault injected with `fail_http` and `freeze_on` that has not happened yet."""
+        with self._lock:
+            self._http_faults.clear()
+            self._freeze_faults.clear()
 
     def close_sockets(self, code: int, reason: str = "") -> None:
         """Send a close frame with `code` on every open WebSocket."""
@@ -386,6 +401,14 @@ class FakeComfy(ThreadedAiohttpServer):
         self.http_log.append((request.method, request.path_qs))
         path = request.path[4:] if request.path.startswith("/api/") else request.path
         status = None
+        with self._lock:
+            armed = [r for r in self._freeze_faults if path.startswith(r[0]) and r[1] in (None, request.method)]
+            freeze = armed[0] if armed else None
+            if freeze is not None:
+                self._freeze_faults.remove(freeze)
+        if freeze is not None and self._thaw is None:  # block this loop thread right here, like a stopped process
+            self._thaw = thaw = threading.Event()
+            thaw.wait()
         with self._lock:
             for rule in self._http_faults:
                 if rule[2] > 0 and path.startswith(rule[0]) and rule[3] in (None, request.method):
@@ -734,7 +757,7 @@ class FakeComfy(ThreadedAiohttpServer):
                 if node["class_type"] in RAISING_CLASSES:
                     raise _NodeRaised(str(inputs.get("message", "Raise node failed on purpose")))
                 for step in range(1, steps + 1):
-                    await asyncio.sleep(delay)
+                    await self._step_wait(delay)
                     if self._interrupt:
                         raise _Interrupted
                     progress_state(nid, "running", step, steps)  # real order: state, preview 4, progress, preview 1
@@ -768,6 +791,10 @@ class FakeComfy(ThreadedAiohttpServer):
             return "error", False, outputs, meta, messages
         lifecycle("execution_success", {"prompt_id": prompt_id})
         return "success", True, outputs, meta, messages
+
+    async def _step_wait(self, delay: float) -> None:
+        """One step's work (a subclass may model the device differently, see ``bench/fake_fleet.py``)."""
+        await asyncio.sleep(delay)
 
     @staticmethod
     def _order(prompt: dict[str, Any], skip: set[str]) -> list[str]:
