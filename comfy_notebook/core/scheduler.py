@@ -10,6 +10,11 @@ When several servers have room, the prompt goes to one that last ran the same mo
 costs seconds on a GPU), then to the least loaded. A prompt that was lost on a server avoids it while another
 server has room. Servers cooling down after a failure (see ``Pool``) take no work.
 
+At the end of a run (no more prompts waiting than there are servers) the place a slow server frees is not always
+worth taking: the prompt at the head may finish sooner on a faster server that frees a place a moment later. Then
+it waits for that server (``_sooner_elsewhere``), judged by the servers' measured seconds per prompt; with equal
+servers a free place always wins, so nothing changes there.
+
 Late binding leaves one gap: when nothing waits any more, the last prompts sit in servers' queues behind a running
 one while another server goes idle (with a slow server, the last prompt may wait there for a whole slow run).
 ``steals`` picks such a prompt to take back and send to the idle server, when that is expected to finish it
@@ -27,6 +32,9 @@ from statistics import fmean
 from comfy_notebook.core.pool import Pool, ServerRecord
 
 DEFAULT_DEPTH = 2
+#: At the end of a run the head prompt waits for a busy server only if it is expected to finish there at least this
+#: much sooner (a server's measured pace varies by about a seventh from prompt to prompt).
+TAIL_MARGIN = 0.1
 
 
 @dataclass(eq=False)
@@ -64,6 +72,9 @@ class Scheduler:
         self._seq = itertools.count()
         #: The model files each server ran last, for the model preference.
         self.last_models: dict[str, frozenset[str]] = {}
+        #: The last ``assign`` left servers with room while jobs wait (see ``_sooner_elsewhere``): the next one
+        #: scans every server, not just the one whose room changed.
+        self._holding = False
 
     # -- the queue ----------------------------------------------------------------------------------------------------
     def add(self, job: Job) -> Job:
@@ -111,22 +122,29 @@ class Scheduler:
         server's ``in_flight`` grows by one per job) before the next call.
 
         ``only``: just that server's room changed. After every ``assign`` either nothing waits or no server has
-        room, so then only that one can take work, and the O(servers) scan is skipped (at 64 servers it was a
-        tenth of the client's CPU)."""
+        room (unless the end of a run held the head back), so then only that one can take work, and the
+        O(servers) scan is skipped (at 64 servers it was a tenth of the client's CPU)."""
         bound: list[tuple[Job, str]] = []
-        if only is not None:
+        holding, self._holding = self._holding, False
+        if only is not None and not holding:
             record = self.pool.records.get(only)
             candidates = [record] if record is not None and self.room(record) > 0 else []
         else:
             candidates = self.free_servers()
         free = {r.url: r for r in candidates}
         room = {url: self.room(r) for url, r in free.items()}
+        added: dict[str, int] = {}  # bound in this call, not yet in the records' in_flight
         while free and self._heap:
             _, _, job = self._heap[0]
             if self._jobs.get(job.key) is not job:  # removed, or a stale entry of a job added again
                 heapq.heappop(self._heap)
                 continue
-            url = self.choose(job, free.values(), room)
+            chosen = self.choose(job, free.values(), room)
+            url = self._at_the_end(job, chosen, free, added) if len(self._jobs) <= len(self.pool.records) else chosen
+            if url is None:
+                self._holding = True  # the head waits for a faster server, and (first come) so do the rest
+                break
+            added[url] = added.get(url, 0) + 1
             heapq.heappop(self._heap)
             del self._jobs[job.key]
             bound.append((job, url))
@@ -148,6 +166,30 @@ class Scheduler:
             return (shared, room[record.url])
 
         return max(candidates, key=score).url  # max keeps the first of equals: configuration order
+
+    def _at_the_end(self, job: Job, url: str, free: dict[str, ServerRecord], added: dict[str, int]) -> str | None:
+        """At the end of a run: the server with room where ``job`` is expected to finish first (``url``, the usual
+        choice, unless another is clearly sooner), or None when a server without room now is clearly sooner still.
+
+        A prompt appended to a server with ``n`` prompts ahead, at ``s`` seconds per prompt, ends in about
+        ``(n + 1/2) * s`` (the running one is half done), or ``s`` on an idle one. Needs two measured servers (an
+        unmeasured one counts as their average); never waits for a server the job avoids or one cooling down."""
+        records = self.pool.records
+        known = [r.service for r in records.values() if r.service]
+        if len(known) < 2:
+            return url
+        default = fmean(known)
+
+        def finish(record: ServerRecord) -> float:
+            pace = record.service or default
+            ahead = self.load(record) + added.get(record.url, 0)
+            return (ahead + 0.5) * pace if ahead else pace
+
+        usable = [r for r in records.values() if r.url not in job.avoid and not self.pool.cooling(r)]
+        best = min(usable, key=finish, default=None)
+        if best is None or finish(best) >= (1 - TAIL_MARGIN) * finish(records[url]):
+            return url
+        return best.url if best.url in free else None
 
     # -- taking queued work back for an idle server -------------------------------------------------------------------
     def idle(self, record: ServerRecord) -> bool:

@@ -624,3 +624,71 @@ def test_service_average_follows_the_prompts_seen(clock: Clock) -> None:
     pool.observe(A, 1.0, weight=0.5)
     assert pool.records[A].service == 1.5
     pool.observe("http://elsewhere:1", 1.0)  # not in the pool: ignored
+
+
+# -- the end of a run: a slow server's free place is not always worth taking -----------------------------------------
+def paced(clock: Clock, **seconds: float) -> tuple[Pool, Scheduler]:
+    """A and B full (2 of ours each), each at its measured seconds per prompt."""
+    pool, scheduler = make(clock, A, B)
+    for url, value in zip((A, B), seconds.values(), strict=True):
+        pool.observe(url, value)
+        pool.records[url].in_flight = 2
+    return pool, scheduler
+
+
+def test_at_the_end_the_head_waits_for_a_fast_server_rather_than_a_slow_free_place(clock: Clock) -> None:
+    pool, scheduler = paced(clock, a=1.0, b=2.0)
+    add(scheduler, "j1", "j2")
+    finish(pool, B)  # the slow server frees a place: j1 would end there in 0.5*2 + 2 = 3 s, on A in 1.5 + 1 = 2.5 s
+    assert bind(scheduler) == []
+    finish(pool, A)
+    assert bind(scheduler) == [("j1", A)]  # and j2: A in 2.5 s again, B still 3 s
+    finish(pool, B)  # B idle now: j2 ends there in 2 s, on A in 2.5 s
+    assert bind(scheduler) == [("j2", B)]
+
+
+def test_while_more_prompts_wait_than_there_are_servers_a_free_place_is_always_taken(clock: Clock) -> None:
+    pool, scheduler = paced(clock, a=1.0, b=2.0)
+    add(scheduler, "j1", "j2", "j3")
+    finish(pool, B)
+    assert bind(scheduler) == [("j1", B)]
+
+
+def test_equal_servers_never_hold_work_back(clock: Clock) -> None:
+    pool, scheduler = paced(clock, a=1.0, b=1.15)  # a seventh apart, as measured paces vary
+    add(scheduler, "j1")
+    finish(pool, B)
+    assert bind(scheduler) == [("j1", B)]
+
+
+def test_no_hold_without_two_measured_servers(clock: Clock) -> None:
+    pool, scheduler = make(clock, A, B)
+    pool.observe(B, 2.0)
+    pool.records[A].in_flight = pool.records[B].in_flight = 2
+    add(scheduler, "j1")
+    finish(pool, B)
+    assert bind(scheduler) == [("j1", B)]
+
+
+def test_no_hold_for_a_server_the_job_avoids_or_one_cooling_down(clock: Clock) -> None:
+    pool, scheduler = paced(clock, a=1.0, b=2.0)
+    scheduler.add(Job("j1", avoid=frozenset({A})))
+    finish(pool, B)
+    assert bind(scheduler) == [("j1", B)]
+    pool.records[B].in_flight = 2
+    add(scheduler, "j2")
+    pool.mark_failed(A, "test")
+    finish(pool, B)
+    assert bind(scheduler) == [("j2", B)]
+
+
+def test_a_hold_makes_the_next_assign_look_at_every_server(clock: Clock) -> None:
+    pool, scheduler = make(clock, A, B, C)
+    for url, seconds in ((A, 1.0), (B, 2.0), (C, 1.0)):
+        pool.observe(url, seconds)
+        pool.records[url].in_flight = 2
+    add(scheduler, "j1")
+    finish(pool, B)  # 3 s on B, 2.5 s on A or C
+    assert scheduler.assign(only=B) == []
+    finish(pool, B)  # B idle: 2 s there; only C's (unchanged) room reaches the next assign
+    assert [(job.key, url) for job, url in scheduler.assign(only=C)] == [("j1", B)]
