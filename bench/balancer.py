@@ -36,7 +36,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import comfy_notebook as cn
-from bench.pool import clear_history, machine, pct, start_pool
+from bench.pool_common import clear_history, machine, pct, start_pool
 from comfy_notebook.tools.balancer import Balancer, Mode
 from tests.workflows import slow_workflow
 

@@ -1,11 +1,17 @@
 """A fleet of protocol-faithful fake ComfyUI servers in one process, for ``bench/pool_sim.py``.
 
-Every fake is ``tests.fakes.fake_comfy.FakeComfy`` (same routes, events, queue and history behaviour), with three
+Every fake is ``tests.fakes.fake_comfy.FakeComfy`` (same routes, events, queue and history behaviour), with four
 benchmark-only changes made here by subclassing, never in the test fake itself:
 
 * all fakes share ONE asyncio loop on the main thread instead of a thread and a loop each (64 threads fighting
   over one GIL would measure the GIL, not the client);
 * the output PNG is made once and reused (the test fake draws a fresh one with PIL for every prompt);
+* each fake's steps run on a device clock of its own: a step starts when the device is free and the prompt is
+  queued (the later of the previous step's end and the prompt's ``create_time``) and ends exactly ``step_delay``
+  later, however late the shared loop wakes up for it. Sixty-four machines each have their own GPU; on one loop,
+  a late timer would otherwise stretch every prompt and carry over into the next one, and the client would be
+  measured against the simulation's lag (3 % of every prompt here at 64 servers). Lateness still delays when the
+  client hears of a result, and a prompt the client queues late still starts late;
 * each fake keeps busy-time figures (``GET /bench/stats``, ``POST /bench/reset``): how long it actually spent on
   each prompt, so the client's makespan can be compared with what the fakes really delivered, and the requests it
   answered, by route.
@@ -30,6 +36,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -52,7 +59,19 @@ class BenchFake(FakeComfy):
     def __init__(self, *, steps: int = 0, step_delay: float = 0.0, history_delay: float = 0.0) -> None:
         super().__init__(0, steps=steps, step_delay=step_delay)
         self.history_delay = history_delay
+        self._free_at = 0.0  # when the device finished its last step (time.time())
+        self._queued_at = 0.0  # when the prompt it runs was queued
         self.reset_stats()
+
+    async def _execute(self, item: QueueItem) -> tuple[str, bool, dict[str, Any], dict[str, Any], list[Any]]:
+        self._queued_at = item[3].get("create_time", 0) / 1000  # when the POST queued it (time.time(), in ms)
+        return await super()._execute(item)
+
+    async def _step_wait(self, delay: float) -> None:
+        """The device clock: this step ends ``delay`` after the device was free and had the prompt."""
+        end = max(self._free_at, self._queued_at) + delay
+        self._free_at = end
+        await asyncio.sleep(max(0.0, end - time.time()))
 
     def reset_stats(self) -> None:
         self.prompts = 0
