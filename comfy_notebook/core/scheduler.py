@@ -12,7 +12,7 @@ server has room. Servers cooling down after a failure (see ``Pool``) take no wor
 
 At the end of a run (no more prompts waiting than there are servers) the place a slow server frees is not always
 worth taking: the prompt at the head may finish sooner on a faster server that frees a place a moment later. Then
-it waits for that server (``_sooner_elsewhere``), judged by the servers' measured seconds per prompt; with equal
+it waits for that server (``_at_the_end``), judged by the servers' measured seconds per prompt; with equal
 servers a free place always wins, so nothing changes there.
 
 Late binding leaves one gap: when nothing waits any more, the last prompts sit in servers' queues behind a running
@@ -72,7 +72,7 @@ class Scheduler:
         self._seq = itertools.count()
         #: The model files each server ran last, for the model preference.
         self.last_models: dict[str, frozenset[str]] = {}
-        #: The last ``assign`` left servers with room while jobs wait (see ``_sooner_elsewhere``): the next one
+        #: The last ``assign`` left servers with room while jobs wait (see ``_at_the_end``): the next one
         #: scans every server, not just the one whose room changed.
         self._holding = False
 
