@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 
@@ -54,25 +55,30 @@ class _Listener(threading.Thread):
         self.armed = threading.Event()
         self.ws = connect(url.replace("http", "ws", 1) + f"/ws?clientId={client_id}", max_size=None)
 
-    def _complete(self) -> bool:
+    def complete(self) -> bool:
         return self.awaited <= self.done.keys() and (not self.queue_end or "queue-end" in self.done)
 
     def run(self) -> None:
         try:
-            for message in self.ws:
-                if not isinstance(message, str):
-                    continue
-                event = json.loads(message)
-                kind, data = event.get("type"), event.get("data") or {}
-                if kind == "executing" and data.get("node") is None and data.get("prompt_id") in self.awaited:
-                    self.done[data["prompt_id"]] = time.time()
-                elif kind == "status" and self.queue_end and self.armed.is_set() and _queue_empty(data):
-                    self.done["queue-end"] = time.time()
-                if self._complete():
-                    return
+            self._read()
+        except ConnectionClosed:  # closed by ``run_alone`` after a failure elsewhere
+            pass
         finally:
             self.finished.set()
             self.ws.close()
+
+    def _read(self) -> None:
+        for message in self.ws:
+            if not isinstance(message, str):
+                continue
+            event = json.loads(message)
+            kind, data = event.get("type"), event.get("data") or {}
+            if kind == "executing" and data.get("node") is None and data.get("prompt_id") in self.awaited:
+                self.done[data["prompt_id"]] = time.time()
+            elif kind == "status" and self.queue_end and self.armed.is_set() and _queue_empty(data):
+                self.done["queue-end"] = time.time()
+            if self.complete():
+                return
 
 
 def _queue_empty(data: dict[str, Any]) -> bool:
@@ -130,17 +136,21 @@ def run_alone(
             errors.append(f"{urls[server]}: {exc}")
 
     posters = [threading.Thread(target=post_share, args=(s,), name="bench-alone-post") for s in range(len(urls))]
-    for poster in posters:
-        poster.start()
-    for poster in posters:
-        poster.join()
-    if errors:
-        raise RuntimeError(f"posting failed: {errors}")
-    if after_posting is not None:
-        after_posting()
-    for listener in listeners:
-        if not listener.finished.wait(900) or not listener._complete():
-            raise RuntimeError("the servers did not finish every prompt")
+    try:
+        for poster in posters:
+            poster.start()
+        for poster in posters:
+            poster.join()
+        if errors:
+            raise RuntimeError(f"posting failed: {errors}")
+        if after_posting is not None:
+            after_posting()
+        for listener in listeners:
+            if not listener.finished.wait(900) or not listener.complete():
+                raise RuntimeError("the servers did not finish every prompt")
+    finally:
+        for listener in listeners:  # a failed run leaves no socket or reader thread behind
+            listener.ws.close()
     rows, spans = [], []
     with httpx.Client(timeout=60) as http:
         for server, (url, share) in enumerate(zip(urls, shares, strict=True)):
